@@ -1,0 +1,182 @@
+"""NAR-Former: a multi-stage fusion transformer over architecture tokens (METHOD.md section 4).
+
+The model knows tensors, not files or benchmarks. Input: a depth code (B, depth_dim), node tokens
+(B, T, token_dim) ending with the end token, an optional mask (B, T) of real tokens, and for the
+latency head the encoded static features (B, static_dim). Output: one number per architecture.
+
+    depth code --Linear+ReLU--> [depth | node tokens ... end]  (B, 1+T, d)
+    stage 1: 6 pre-LN self-attention blocks                     -> memory (B, 1+T, d)
+    stage 2: 4 learnable queries cross-attend to memory         -> (B, 4, d)
+    stage 3: 2 queries cross-attend to [memory | stage-2 tokens] -> (B, 2, d)
+    stage 4: 1 query  cross-attend to [memory | stage-3 tokens]  -> (B, 1, d) -> LayerNorm -> head
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class NARFormerConfig:
+    token_dim: int = 192            # width of one node token: 192 for cells, 480 for networks
+    depth_dim: int = 192            # width of the depth code (node count encoded with L = 96)
+    d_model: int = 192              # transformer width; node tokens are projected to it if different
+    n_heads: int = 6
+    ffn_dim: int = 768
+    depths: tuple[int, ...] = (6, 1, 1, 1)   # blocks in stage 1, then in each fusion stage
+    queries: tuple[int, ...] = (4, 2, 1)     # learnable query tokens of fusion stages 2, 3, 4
+    dropout: float = 0.1
+    head: str = "accuracy"          # "accuracy": sigmoid on a 0..1 target; "latency": MLP head
+    static_dim: int = 0             # encoded static features concatenated before the latency head
+    head_hidden: int = 512          # latency MLP widths h, h/2, h/4, h/8
+
+    def __post_init__(self):
+        self.depths = tuple(self.depths)
+        self.queries = tuple(self.queries)
+        if len(self.depths) != len(self.queries) + 1:
+            raise ValueError("depths needs one entry for stage 1 and one per fusion stage")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.queries[-1] != 1:
+            raise ValueError("the last fusion stage must leave exactly one token")
+        if self.head not in ("accuracy", "latency"):
+            raise ValueError(f"unknown head {self.head!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depths"], d["queries"] = list(self.depths), list(self.queries)
+        return d
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when ``context`` is None."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x, context=None, key_mask=None):
+        B, Tq, d = x.shape
+        ctx = x if context is None else context
+        Tk, h = ctx.shape[1], self.n_heads
+        q = self.q(x).view(B, Tq, h, d // h).transpose(1, 2)                    # (B, h, Tq, hs)
+        k, v = self.kv(ctx).view(B, Tk, 2, h, d // h).permute(2, 0, 3, 1, 4)     # 2 x (B, h, Tk, hs)
+        mask = None if key_mask is None else key_mask[:, None, None, :]          # (B, 1, 1, Tk)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, Tq, d))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d: int, hidden: int, dropout: float):
+        super().__init__(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LayerNorm self-attention block."""
+
+    def __init__(self, cfg: NARFormerConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, key_mask=None):
+        x = x + self.drop(self.attn(self.ln1(x), key_mask=key_mask))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class FusionBlock(nn.Module):
+    """Queries cross-attend to the memory fused with the previous stage's tokens, then an FFN."""
+
+    def __init__(self, cfg: NARFormerConfig):
+        super().__init__()
+        self.ln_q, self.ln_ctx, self.ln2 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, q, context, key_mask=None):
+        q = q + self.drop(self.attn(self.ln_q(q), self.ln_ctx(context), key_mask))
+        return q + self.drop(self.ffn(self.ln2(q)))
+
+
+class FusionStage(nn.Module):
+    def __init__(self, cfg: NARFormerConfig, n_queries: int, depth: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_queries, cfg.d_model) * 0.02)
+        self.blocks = nn.ModuleList(FusionBlock(cfg) for _ in range(depth))
+
+    def forward(self, memory, memory_mask, previous):
+        B = memory.shape[0]
+        if previous is None:                     # stage 2 sees the memory alone
+            context, mask = memory, memory_mask
+        else:                                    # later stages: memory and previous stage fused
+            context = torch.cat([memory, previous], dim=1)
+            mask = None if memory_mask is None else torch.cat(
+                [memory_mask, memory_mask.new_ones(B, previous.shape[1])], dim=1)
+        q = self.queries.expand(B, -1, -1)
+        for blk in self.blocks:
+            q = blk(q, context, mask)
+        return q
+
+
+class NARFormer(nn.Module):
+    def __init__(self, cfg: NARFormerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.depth_embed = nn.Sequential(nn.Linear(cfg.depth_dim, d), nn.ReLU())
+        self.token_embed = nn.Identity() if cfg.token_dim == d else nn.Linear(cfg.token_dim, d)
+        self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.depths[0]))
+        self.stages = nn.ModuleList(FusionStage(cfg, m, k) for m, k in zip(cfg.queries, cfg.depths[1:]))
+        self.ln_f = nn.LayerNorm(d)
+        if cfg.head == "accuracy":
+            self.head = nn.Linear(d, 1)
+        else:
+            h = cfg.head_hidden
+            layers, width = [], d + cfg.static_dim
+            for out in (h, h // 2, h // 4, h // 8):
+                layers += [nn.Linear(width, out), nn.ReLU(), nn.Dropout(cfg.dropout)]
+                width = out
+            self.head = nn.Sequential(*layers, nn.Linear(width, 1))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, depth, nodes, mask=None, static=None):
+        # depth (B, depth_dim), nodes (B, T, token_dim), mask (B, T) bool or None
+        x = torch.cat([self.depth_embed(depth)[:, None], self.token_embed(nodes)], dim=1)  # (B, 1+T, d)
+        key_mask = None
+        if mask is not None and not bool(mask.all()):
+            key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)           # (B, 1+T)
+        for blk in self.encoder:
+            x = blk(x, key_mask)
+        memory, prev = x, None
+        for stage in self.stages:
+            prev = stage(memory, key_mask, prev)                                            # (B, m, d)
+        z = self.ln_f(prev[:, 0])                                                           # (B, d)
+        if self.cfg.head == "accuracy":
+            return torch.sigmoid(self.head(z)).squeeze(-1)
+        if static is not None:
+            z = torch.cat([z, static], dim=-1)
+        return self.head(z).squeeze(-1)
+
+
+def build_model(config: dict | NARFormerConfig) -> NARFormer:
+    cfg = config if isinstance(config, NARFormerConfig) else NARFormerConfig(**config)
+    return NARFormer(cfg)
