@@ -1,0 +1,239 @@
+"""Measure the latency of an ONNX model on this machine with onnxruntime (CPU).
+
+Why a median and a spread rather than one number: wall-clock latency drifts with everything else
+the machine is doing (other processes, frequency scaling, cache and memory contention). A single
+run, or a mean, is dragged by the occasional slow run; the median of many runs after a warm-up
+is a robust central value, and the spread (std, IQR, p90) says how far to trust it. On a busy
+machine a few runs are pre-empted for a whole scheduler tick (milliseconds, several times a small
+model's latency): they blow up the mean and std but barely move the median and IQR. Two
+measurements are only comparable when taken on the same kind of platform with the same thread
+count and batch size: :func:`platform_key` names that.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+PROVIDER = "CPUExecutionProvider"
+
+
+class ModelLoadError(ValueError):
+    """onnxruntime could not load the model; the message says why."""
+
+
+class MeasurementError(ValueError):
+    """The model loaded but could not be timed (e.g. an input type we cannot fill)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One latency measurement: statistics over ``repeats`` timed runs, in milliseconds."""
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    p90_ms: float
+    iqr_ms: float
+    repeats: int
+    platform: dict
+    measured_at: str  # ISO 8601, UTC
+    samples_ms: tuple[float, ...] = field(default=(), repr=False)
+
+    @property
+    def platform_key(self) -> str:
+        return platform_key(self.platform)
+
+    def to_dict(self, samples: bool = False) -> dict:
+        d = asdict(self)
+        if samples:
+            d["samples_ms"] = list(self.samples_ms)
+        else:
+            d.pop("samples_ms")
+        return d
+
+
+# ---------------------------------------------------------------- where a measurement was taken
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. 'Intel(R) Xeon(R) Gold 6226 CPU @ 2.70GHz'."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    # x86 says "model name"; ARM boards say "Hardware" or "Model" instead.
+    for key in ("model name", "Hardware", "Model"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if m and m.group(1).strip():
+            return m.group(1).strip()
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def platform_info(threads: int, batch_size: int) -> dict:
+    """Everything that decides whether two measurements are comparable, plus the host name."""
+    import onnxruntime as ort
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count() or 1,
+        "usable_cores": _usable_cores(),
+        "machine": platform.machine(),
+        "os": platform.system(),
+        "onnxruntime": ort.__version__,
+        "provider": PROVIDER,
+        "threads": int(threads),
+        "batch_size": int(batch_size),
+        "python": platform.python_version(),
+        "hostname": socket.gethostname(),
+    }
+
+
+# Words in CPU names that say nothing about speed.
+_CPU_NOISE = re.compile(r"\((R|TM|tm|r)\)|\bCPU\b|\bProcessor\b|@.*$|\b\d+-Core\b")
+
+
+def _short_cpu(name: str) -> str:
+    s = _CPU_NOISE.sub(" ", name)
+    s = re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_")
+    return s[:32].strip("_") or "unknown"
+
+
+def platform_key(info: Mapping[str, Any]) -> str:
+    """A short, stable id such as 'cpu-AMD_EPYC-ort1.32-t1-b1'.
+
+    Measurements with the same key are comparable: same provider, CPU model, onnxruntime
+    major.minor, thread count and batch size. The host name is left out on purpose so that
+    identical machines share their measurements.
+    """
+    try:
+        provider = str(info["provider"]).replace("ExecutionProvider", "").lower() or "cpu"
+        ort_version = ".".join(str(info["onnxruntime"]).split(".")[:2])
+        return (f"{provider}-{_short_cpu(str(info['cpu']))}-ort{ort_version}"
+                f"-t{int(info['threads'])}-b{int(info['batch_size'])}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a platform description (as made by platform_info): missing or "
+                         f"malformed field {e}") from None
+
+
+# ---------------------------------------------------------------- timing
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+def _open_session(model, threads: int):
+    import onnxruntime as ort
+
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        source: Any = bytes(model)
+        what = f"the {len(source)} bytes given"
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"no ONNX file at {path}")
+        source, what = str(path), str(path)
+    elif hasattr(model, "SerializeToString"):  # an onnx.ModelProto
+        source, what = model.SerializeToString(), "the ModelProto given"
+    else:
+        raise ModelLoadError(f"expected ONNX model bytes or a path, got {type(model).__name__}")
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise here
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=[PROVIDER])
+    except Exception as e:  # onnxruntime raises its own pybind exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"onnxruntime cannot load {what} as an ONNX model: {first}") from None
+
+
+def _random_feeds(session, batch_size: int, rng: np.random.Generator) -> tuple[dict, int]:
+    """Random inputs of the declared shapes; returns them and the batch actually fed."""
+    feeds, fed_batch = {}, None
+    for n, inp in enumerate(session.get_inputs()):
+        # Dynamic dims are str/None: the first is the batch axis, any other becomes 1.
+        shape = [d if isinstance(d, int) and d >= 0 else (batch_size if k == 0 else 1)
+                 for k, d in enumerate(inp.shape)]
+        if n == 0 and shape:
+            fed_batch = shape[0]
+        dtype = _NUMPY_TYPES.get(inp.type)
+        if dtype is None:
+            raise MeasurementError(f"input {inp.name!r} has type {inp.type}, which the timer cannot "
+                                   "fill with random data")
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[inp.name] = rng.random(shape) < 0.5
+        else:
+            # Integer inputs are usually indices or shapes: zeros are always in range.
+            feeds[inp.name] = np.zeros(shape, dtype=dtype)
+    return feeds, (batch_size if fed_batch is None else fed_batch)
+
+
+def measure_onnx(model, *, threads: int = 1, warmup: int = 10, repeats: int = 30,
+                 min_seconds: float = 0.0, batch_size: int = 1, seed: int = 0) -> Measurement:
+    """Time ``model`` (ONNX bytes, a path or a ModelProto) on the CPU with onnxruntime.
+
+    ``warmup`` untimed runs first (allocations, caches, lazy kernel set-up), then at least
+    ``repeats`` timed runs, continuing until ``min_seconds`` of timed runs have passed. Dynamic
+    input dimensions are filled with ``batch_size`` (first axis) or 1; a model with a fixed batch
+    axis runs at that batch, and the platform records the batch actually fed.
+    """
+    if int(threads) < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if int(repeats) < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if int(warmup) < 0 or min_seconds < 0:
+        raise ValueError("warmup and min_seconds cannot be negative")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+    session = _open_session(model, int(threads))
+    feeds, fed_batch = _random_feeds(session, int(batch_size), np.random.default_rng(seed))
+    run = session.run
+    try:
+        for _ in range(int(warmup)):
+            run(None, feeds)
+        times: list[float] = []
+        started = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - started < min_seconds:
+            t0 = time.perf_counter()
+            run(None, feeds)
+            times.append(time.perf_counter() - t0)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MeasurementError(f"the model loaded but failed to run on random inputs: {first}") from None
+
+    ms = np.asarray(times) * 1e3
+    q25, q50, q75, q90 = np.percentile(ms, [25, 50, 75, 90])
+    return Measurement(
+        median_ms=float(q50), mean_ms=float(ms.mean()),
+        std_ms=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+        min_ms=float(ms.min()), p90_ms=float(q90), iqr_ms=float(q75 - q25), repeats=len(ms),
+        platform=platform_info(int(threads), fed_batch),
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        samples_ms=tuple(float(x) for x in ms),
+    )
+
