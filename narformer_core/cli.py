@@ -1,0 +1,190 @@
+"""Command line: ``python -m narformer_core <command> ...``.
+
+Errors the user can fix (bad file, bad arch string, missing data) print one line on stderr and
+exit with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Named training presets. "paper" is the published protocol; "fast" is our time-to-accuracy
+# protocol (see README: fewer, cheaper steps reaching the same Kendall's tau).
+PRESETS: dict[str, dict] = {
+    "paper": {"epochs": 4000, "batch_size": 256, "lr": 1e-4, "twin_grad": True, "model": {"dropout": 0.1}},
+    "fast": {"epochs": 300, "batch_size": 128, "lr": 1e-3, "twin_grad": False, "model": {"dropout": 0.0}},
+}
+
+
+class UserError(Exception):
+    """Printed as one line; exit status 2."""
+
+
+def _train_config(args) -> "TrainConfig":
+    from .train import TrainConfig
+
+    preset = dict(PRESETS[args.preset])
+    model = dict(preset.pop("model", {}))
+    if getattr(args, "dropout", None) is not None:
+        model["dropout"] = args.dropout
+    for k in ("epochs", "batch_size", "lr"):
+        if getattr(args, k, None) is not None:
+            preset[k] = getattr(args, k)
+    if getattr(args, "twin_grad", None) is not None:
+        preset["twin_grad"] = args.twin_grad
+    return TrainConfig(space=args.space, labels=args.labels, test_labels=args.test_labels,
+                       train_size=args.train_size, val_size=args.val_size, seed=args.seed,
+                       test_every=getattr(args, "test_every", 0) or 0, device=args.device,
+                       data_dir=args.data_dir, model=model, **preset)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="nb201", choices=["nb201", "nb101"])
+    p.add_argument("--labels", default=None, help="training/validation label source (default: the space's embedded default)")
+    p.add_argument("--test-labels", default=None, help="label source for testing (default: --labels)")
+    p.add_argument("--train-size", type=int, default=781)
+    p.add_argument("--val-size", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--twin-grad", dest="twin_grad", action="store_true", default=None,
+                   help="backpropagate through the augmented twin (as the paper)")
+    p.add_argument("--no-twin-grad", dest="twin_grad", action="store_false")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+
+
+def evaluate_checkpoint(path, labels=None, test_labels=None, data_dir=None) -> dict:
+    """Kendall's tau of a checkpoint: on all architectures and on the unseen ones."""
+    from .metrics import kendall_tau
+    from .predictors import NARFormerPredictor
+
+    pred = NARFormerPredictor.from_checkpoint(path)
+    task = pred.task(labels, test_labels, data_dir)
+    t0 = time.perf_counter()
+    p = pred.predict(task)
+    predict_s = time.perf_counter() - t0
+    seen = np.zeros(len(task), bool)
+    seen[pred.meta["train_idx"]] = True
+    seen[pred.meta["val_idx"]] = True
+    ok = ~np.isnan(task.y_test)
+    out = {"checkpoint": str(path), "space": task.space, "labels": task.labels, "test_labels": task.test_labels,
+           "kendall_tau_all": kendall_tau(p[ok], task.y_test[ok]),
+           "kendall_tau_unseen": kendall_tau(p[ok & ~seen], task.y_test[ok & ~seen]),
+           "n_test": int(ok.sum()), "n_unseen": int((ok & ~seen).sum()),
+           "n_train": int(len(pred.meta["train_idx"])), "n_val": int(len(pred.meta["val_idx"])),
+           "checkpoint_kind": pred.meta.get("kind"), "epoch": pred.meta.get("epoch"),
+           "val_tau": pred.meta.get("val_tau"), "predict_seconds": round(predict_s, 3)}
+    if task.space == "nb201":
+        # Cross-source figures: the same predictions against other measurements of accuracy.
+        from .data import DataUnavailable
+        from .data.nb201 import load_labels
+
+        other = {}
+        for src in ("nb201-val", "nb201-test", "analog"):
+            try:
+                y = load_labels(src, data_dir)
+            except DataUnavailable:
+                continue
+            m = ~np.isnan(y)
+            other[src] = {"kendall_tau": kendall_tau(p[m], y[m]), "n": int(m.sum())}
+        out["tau_vs_sources"] = other
+    return out
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = _train_config(args)
+    out = Path(args.out or f"runs/{cfg.space}-n{cfg.train_size}-s{cfg.seed}")
+    summary = train(cfg, out, resume=not args.fresh, progress=not args.quiet, max_seconds=args.max_seconds)
+    print(json.dumps({"run_dir": str(out), **summary}, indent=None if args.json else 2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    res = evaluate_checkpoint(args.checkpoint, args.labels, args.test_labels, args.data_dir)
+    print(json.dumps(res, indent=None if args.json else 2))
+    return 0
+
+
+def selected_checkpoint(run_dir: Path, summary: dict) -> Path:
+    name = {"best": "best.pt", "best_ema": "best_ema.pt"}.get(summary["selected"], "latest.pt")
+    return Path(run_dir) / name
+
+
+def cmd_bench(args) -> int:
+    if args.what == "accuracy":
+        from .train import train
+
+        cfg = _train_config(args)
+        ctx = tempfile.TemporaryDirectory() if args.out is None else None
+        run_dir = Path(ctx.name if ctx else args.out)
+        try:
+            summary = train(cfg, run_dir, resume=False, progress=not args.quiet)
+            res = evaluate_checkpoint(selected_checkpoint(run_dir, summary), None, cfg.test_labels, cfg.data_dir)
+        finally:
+            if ctx:
+                ctx.cleanup()
+        res.update({"train_seconds": summary["train_seconds"], "selected": summary["selected"],
+                    "selected_on": "validation tau only", "epochs": cfg.epochs, "preset": args.preset,
+                    "seed": cfg.seed})
+        print(json.dumps(res, indent=None if args.json else 2))
+        return 0
+    raise UserError(f"unknown benchmark {args.what!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m narformer_core", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an accuracy predictor (progress bar; resumable)")
+    _add_train_args(p)
+    p.add_argument("--out", help="run folder (default runs/<space>-n<size>-s<seed>)")
+    p.add_argument("--test-every", type=int, default=0, help="log test tau every N epochs (reporting only)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming the run folder")
+    p.add_argument("--max-seconds", type=float, default=None, help="save and stop after this long")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Kendall's tau of a checkpoint on the whole space")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--labels", default=None, help="override the checkpoint's label source")
+    p.add_argument("--test-labels", default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    p.add_argument("what", choices=["accuracy"])
+    _add_train_args(p)
+    p.add_argument("--out", default=None, help="keep the run folder here (default: a temporary folder)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .data import DataUnavailable
+    from .graph import GraphError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, GraphError, DataUnavailable, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
