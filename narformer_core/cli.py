@@ -140,7 +140,14 @@ def cmd_bench(args) -> int:
                     "seed": cfg.seed})
         print(json.dumps(res, indent=None if args.json else 2))
         return 0
-    raise UserError(f"unknown benchmark {args.what!r}")
+    handler = BENCHES.get(args.what)
+    if handler is None:
+        raise UserError(f"unknown benchmark {args.what!r}; known: accuracy, {', '.join(sorted(BENCHES))}")
+    return handler(args)
+
+
+# Extensions add benchmark handlers: name -> function(args) -> exit status.
+BENCHES: dict = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,13 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["accuracy"])
+    p.add_argument("what", help="accuracy (others are added by extensions: arena, latency)")
     _add_train_args(p)
     p.add_argument("--out", default=None, help="keep the run folder here (default: a temporary folder)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
+    bench_extra = p
+    # Other command families register themselves here (search, latency, ...), each in its own
+    # module with register(subparsers, bench_parser) so no single file grows without bound.
+    import importlib
+
+    for name in EXTENSIONS:
+        try:
+            mod = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.endswith(name):
+                continue
+            raise
+        mod.register(sub, bench_extra)
     return ap
+
+
+EXTENSIONS = ("cli_search", "cli_latency")
 
 
 def main(argv=None) -> int:
