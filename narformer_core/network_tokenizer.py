@@ -29,7 +29,7 @@ a 1x7 kernel a 1x1 kernel and drops the width of every stride or pad. Here:
 
 * ``pack_dims(v) = mean(v) + sum_i (v_i - v_last) / 64**(i+1)``. Equal values give the plain
   value (3x3 -> 3, stride 2x2 -> 2), so the common case reads naturally; the mean keeps the size
-  (1x7 and 7x1 land near 4, where their cost is, not near 1); the small signed offset separates
+  (1x7 and 7x1 land near 4, between 3x3 and 5x5, not at 1x1); the small signed offset separates
   orientations (1x7 -> 3.906, 7x1 -> 4.094). For two dims it equals (33 a + 31 b) / 64, which is
   injective for all dims below 32; kernels, strides and dilations are far below that.
 * ``pack_pads(pads)`` for ONNX pads [b_1..b_d, e_1..e_d]: ``pack_dims`` of the per-dim mean pad
@@ -42,7 +42,7 @@ a 1x7 kernel a 1x1 kernel and drops the width of every stride or pad. Here:
   length, and the integer part tells the rank of the tensor.
 
 Distinct configurations therefore get distinct numbers, and the high frequencies of E (up to
-2^15) turn even a 0.03 difference into a clearly different code.
+2^15) turn even a 1e-4 difference into a clearly different code.
 
 Static features (batch size, FLOPs, parameters, memory access) do not go into the tokens; they
 are concatenated to the pooled representation before the latency head: :func:`encode_static`.
@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 

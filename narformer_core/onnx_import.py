@@ -28,8 +28,8 @@ strict shape inference) and turns it into an :class:`ArchGraph`:
   inference is -1 (a symbolic dim named like the inputs' batch dim takes the batch size); an
   output whose rank is unknown (or a scalar) has shape ().
 * ``meta``: name, source, opset, ir_version, producer, batch_size, inputs, outputs, n_ops,
-  n_params (elements of the distinct weight tensors stored in the model, BatchNorm statistics
-  included), removed (Identity / Constant counts), unknown_ops (op types outside the token
+  n_params (elements of the weight tensors the operators read, each initializer or Constant
+  output counted once however many nodes read it, BatchNorm statistics included), removed (Identity / Constant counts), unknown_ops (op types outside the token
   vocabulary, or of a custom domain).
 
 Subgraphs of control-flow ops (If, Loop, Scan) are not expanded: the op is one node and its
@@ -78,12 +78,14 @@ class _Tensor:
 # ------------------------------------------------------------------ public entry points
 def load_onnx(source: Source, *, max_bytes: int | None = MAX_BYTES, max_nodes: int = MAX_NODES,
               batch_size: int | None = None) -> ArchGraph:
-    """An ONNX file (path) or its bytes -> ArchGraph(space="onnx").
+    """An ONNX file (path), its bytes or an ``onnx.ModelProto`` -> ArchGraph(space="onnx").
 
     ``max_bytes`` (None = no limit) is checked before anything is parsed; ``max_nodes`` bounds
     the operator count. A dynamic (symbolic or unset) leading dim of each graph input is set to
     ``batch_size`` (default 1) before shape inference; asking for a batch size that contradicts
-    a fixed one is an error. Any problem raises :class:`OnnxImportError` saying what is wrong.
+    a fixed one is an error. The checks are those of ``onnx.checker.check_model(full_check=True)``
+    (the checker, then strict, type-checking shape inference), the inference run only once.
+    Any problem raises :class:`OnnxImportError` saying what is wrong.
     """
     data, label = _read(source, max_bytes)
     return _load_bytes(data, label, max_bytes=max_bytes, max_nodes=max_nodes, batch_size=batch_size)
@@ -106,7 +108,6 @@ def from_torch(module, example_input, *, opset_version: int | None = None,
         with warnings.catch_warnings():
             # The TorchScript exporter warns that it is deprecated on every call.
             warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", UserWarning)
             torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset_version,
                               external_data=False)
     except Exception as e:  # torch raises many types; the user needs the message, not the stack
@@ -126,7 +127,7 @@ def _mb(n: int) -> str:
 def _read(source: Source, max_bytes: int | None) -> tuple[bytes, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-        label = "the given bytes"
+        label = "the given data"
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = path.name or str(path)
@@ -465,7 +466,7 @@ def _input_names(op: str, domain: str, opset: int) -> tuple[tuple[str, ...], boo
         import onnx
 
         try:
-            s = onnx.defs.get_schema(op, max_inclusive_version=opset, domain=domain)
+            s = onnx.defs.get_schema(op, opset, domain)
             names = tuple(i.name for i in s.inputs)
             variadic = bool(s.inputs) and s.inputs[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
         except Exception:
