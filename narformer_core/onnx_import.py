@@ -29,8 +29,9 @@ strict shape inference) and turns it into an :class:`ArchGraph`:
   output whose rank is unknown (or a scalar) has shape ().
 * ``meta``: name, source, opset, ir_version, producer, batch_size, inputs, outputs, n_ops,
   n_params (elements of the weight tensors the operators read, each initializer or Constant
-  output counted once however many nodes read it, BatchNorm statistics included), removed (Identity / Constant counts), unknown_ops (op types outside the token
-  vocabulary, or of a custom domain).
+  output counted once however many nodes read it, BatchNorm statistics included), removed
+  (Identity / Constant counts), unknown_ops (op types outside the token vocabulary, or of a
+  custom domain).
 
 Subgraphs of control-flow ops (If, Loop, Scan) are not expanded: the op is one node and its
 graph attribute is summarised as a string.
