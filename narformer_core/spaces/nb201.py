@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..graph import ArchGraph, GraphError, Node
+from ..graph import ArchGraph, GraphError, Node, all_topological_orders
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # Token op ids of METHOD.md section 2 (the authors' numbering, not the order of OPS above).
@@ -89,10 +89,22 @@ def to_graph(arch: str | Sequence[str]) -> ArchGraph:
 
 
 def from_graph(g: ArchGraph) -> str:
-    """The inverse of :func:`to_graph`; accepts only graphs of the NB201 layout."""
+    """The inverse of :func:`to_graph`; accepts only graphs of the NB201 layout.
+
+    A graph whose intermediate nodes were renumbered along another topological order (the
+    consistency twin) is the same cell: it is mapped back to the layout, not misread.
+    """
     if g.space != "nb201" or len(g) != 8:
         raise GraphError(f"not an NB201 cell graph: space={g.space!r}, {len(g)} nodes")
-    return to_arch_str(g.ops[1:7])
+    if g.ops[0] != "input" or g.ops[-1] != "output":
+        raise GraphError(f"not an NB201 cell graph: it must start with 'input' and end with 'output', "
+                         f"got {g.ops[0]!r} ... {g.ops[-1]!r}")
+    for order in all_topological_orders(g.adjacency()):
+        h = g.relabel(order)
+        if all(set(n.inputs) == set(p) for n, p in zip(h.nodes, PREDECESSORS)):
+            return to_arch_str(h.ops[1:7])
+    raise GraphError("not an NB201 cell graph: its wiring is not the NB201 cell DAG "
+                     "(input, six edge ops, output)")
 
 
 def index_of(ops: Sequence[str]) -> int:
