@@ -172,6 +172,10 @@ class NARFormer(nn.Module):
         z = self.ln_f(prev[:, 0])                                                           # (B, d)
         if self.cfg.head == "accuracy":
             return torch.sigmoid(self.head(z)).squeeze(-1)
+        got = 0 if static is None else static.shape[-1]
+        if got != self.cfg.static_dim:
+            raise ValueError(f"this latency model expects {self.cfg.static_dim} static feature values "
+                             f"per architecture, got {got}")
         if static is not None:
             z = torch.cat([z, static], dim=-1)
         return self.head(z).squeeze(-1)
