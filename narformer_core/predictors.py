@@ -15,6 +15,7 @@ import torch
 
 from .graph import ArchGraph, GraphError
 from .model import NARFormer, NARFormerConfig
+from .targets import TargetMap
 from .tasks import AccuracyTask, load_task
 from .tokenizer import tokenize_graphs
 
@@ -72,7 +73,11 @@ class NARFormerPredictor(AccuracyPredictor):
         meta["train_idx"] = ck["split"]["train"].numpy()
         meta["val_idx"] = ck["split"]["val"].numpy()
         meta["path"] = str(path)
+        meta["target"] = TargetMap.from_state(ck.get("target"))
         return cls(model, meta, ck["task"].get("scheme", "nerf"), device=device)
+
+    def to_percent(self, raw: np.ndarray) -> np.ndarray:
+        return self.meta.get("target", TargetMap("fraction")).inverse(raw)
 
     @property
     def space(self) -> str | None:
@@ -110,8 +115,8 @@ class NARFormerPredictor(AccuracyPredictor):
             tk = task.tokens(self.scheme)
             mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
             self._cache[key] = predict_tokens(self.model, torch.from_numpy(tk.depth),
-                                              torch.from_numpy(tk.nodes), mask) * 100.0
-        out = self._cache[key]
+                                              torch.from_numpy(tk.nodes), mask)
+        out = self.to_percent(self._cache[key])
         return out if idx is None else out[np.asarray(idx)]
 
     def predict_graphs(self, graphs: Sequence[ArchGraph]) -> np.ndarray:
@@ -124,5 +129,6 @@ class NARFormerPredictor(AccuracyPredictor):
                              f"{sorted({g.space for g in graphs})}")
         tk = tokenize_graphs(graphs, self.scheme)
         mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
-        return predict_tokens(self.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), mask) * 100.0
+        raw = predict_tokens(self.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), mask)
+        return self.to_percent(raw)
 

@@ -96,31 +96,43 @@ def tokenize_cells(op_ids: np.ndarray, adj: np.ndarray, n_nodes: np.ndarray | No
     """
     op_ids = np.asarray(op_ids)
     B, N = op_ids.shape
-    adj = np.asarray(adj, dtype=np.float64)
-    if adj.ndim == 2:
-        adj = np.broadcast_to(adj, (B, N, N))
+    adj = np.asarray(adj)
     n = np.full(B, N) if n_nodes is None else np.asarray(n_nodes)
-    pos = encode_scalar(np.arange(N), L, scheme)                    # (N, 2L)
-    e_op = _op_table(L, scheme, int(op_ids.max()) + 1)[op_ids]       # (B, N, 2L)
-    src = np.einsum("bji,jd->bid", adj, pos)                         # sum over predecessors
+    pos = encode_scalar(np.arange(N), L, scheme)                    # (N, 2L) float64
+    if adj.ndim == 2:   # one wiring shared by the batch (NB201): sources computed once
+        src = (adj.T.astype(np.float64) @ pos)[None]                 # (1, N, 2L)
+    else:
+        src = np.einsum("bji,jd->bid", adj.astype(np.float64), pos)  # sum over predecessors
+    src = np.array(np.broadcast_to(src, (src.shape[0], N, 2 * L)))
     src[:, 0] = encode_scalar(-1.0, L, scheme)
     width = 6 * L
-    tokens = np.zeros((B, N + 1, width), dtype=np.float32)
-    tokens[:, :N, : 2 * L] = e_op
-    tokens[:, :N, 2 * L: 4 * L] = pos
-    tokens[:, :N, 4 * L:] = src
+    tokens = np.empty((B, N + 1, width), dtype=np.float32)
+    tokens[:, :N, : 2 * L] = _op_table(L, scheme, int(op_ids.max()) + 1)[op_ids]
+    tokens[:, :N, 2 * L: 4 * L] = pos.astype(np.float32)
+    tokens[:, :N, 4 * L:] = src.astype(np.float32)
     j = np.arange(N + 1)
-    tokens[j[None, :] >= n[:, None]] = 0.0                          # padding after real nodes
-    end = encode_scalar(END_VALUE, width // 2, scheme).astype(np.float32)
-    tokens[np.arange(B), n] = end
+    if (n < N).any():
+        tokens[j[None, :] >= n[:, None]] = 0.0                      # padding after real nodes
+    tokens[np.arange(B), n] = _end_token(width, scheme)
     mask = j[None, :] <= n[:, None]
-    depth = encode_scalar(n.astype(np.float64), DEPTH_L, scheme).astype(np.float32)
+    depth = _depth_table(N, scheme)[n]
     return CellTokens(depth, tokens, mask)
 
 
 @lru_cache(maxsize=None)
 def _op_table(L: int, scheme: str, n_ops: int) -> np.ndarray:
-    return encode_scalar(np.arange(max(n_ops, 1)), L, scheme)
+    return encode_scalar(np.arange(max(n_ops, 1)), L, scheme).astype(np.float32)
+
+
+@lru_cache(maxsize=None)
+def _end_token(width: int, scheme: str) -> np.ndarray:
+    return encode_scalar(END_VALUE, width // 2, scheme).astype(np.float32)
+
+
+@lru_cache(maxsize=None)
+def _depth_table(max_nodes: int, scheme: str) -> np.ndarray:
+    """Depth codes of node counts 0..max_nodes (float64 maths, stored as float32)."""
+    return encode_scalar(np.arange(max_nodes + 1, dtype=np.float64), DEPTH_L, scheme).astype(np.float32)
 
 
 def cell_arrays(graphs: Sequence[ArchGraph], op_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .augment import TwinSampler, apply_permutation
 from .metrics import kendall_tau
 from .model import NARFormer, NARFormerConfig
+from .targets import TargetMap
 from .tasks import AccuracyTask, load_task, split
 from .tokenizer import tokenize_cells
 
@@ -50,6 +51,7 @@ class TrainConfig:
     lambda_rank: float = 0.1
     lambda_cons: float = 0.5
     twin_grad: bool = True           # backpropagate through the augmented twin (the paper) or not
+    target: str = "fraction"         # label -> 0..1 target: "fraction" (paper) or "quantile" (targets.py)
     scheme: str = "nerf"
     eval_every: int = 1              # epochs between validation passes
     test_every: int = 0              # epochs between test-set tau logs (reporting only, never selection)
@@ -207,7 +209,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
         writer = _Writer(run_dir / "metrics.jsonl", keep_through_step=None)
     (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
 
-    y_all = torch.from_numpy((task.y / 100.0).astype(np.float32)).to(device)
+    target = TargetMap(cfg.target, task.y[train_idx])
+    y_all = torch.from_numpy(np.nan_to_num(target.forward(task.y)).astype(np.float32)).to(device)
     tr_depth, tr_nodes, tr_mask = _tensors(task, train_idx, cfg.scheme, device)
     va_depth, va_nodes, va_mask = _tensors(task, val_idx, cfg.scheme, device)
     twins = TwinSampler(task.adj, task.n_nodes)
@@ -223,6 +226,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
     def state(kind: str, net: torch.nn.Module, extra: dict) -> dict:
         return {"format": CKPT_FORMAT, "kind": kind, "model_config": model_cfg.to_dict(),
                 "train_config": cfg.to_dict(), "task": task_info, "split": split_info,
+                "target": target.state(),
                 "state_dict": net.state_dict(), **extra}
 
     def save_latest(epoch: int) -> None:

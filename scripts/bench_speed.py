@@ -1,0 +1,80 @@
+"""Speed of the accuracy pipeline on this machine: tokenize + predict all 15,625 NB201 cells, and
+training throughput (training architectures per second, the "pairs/s" of the issue) per preset.
+
+    python scripts/bench_speed.py [--repeats 3] [--train-epochs 2] [--json]
+
+Figures are medians over repeats; the spread (min..max) is printed beside them because timings on
+a shared machine drift with load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from narformer_core.cli import PRESETS  # noqa: E402
+from narformer_core.model import NARFormer, NARFormerConfig  # noqa: E402
+from narformer_core.spaces import nb201  # noqa: E402
+from narformer_core.tokenizer import tokenize_cells  # noqa: E402
+from narformer_core.train import TrainConfig, predict_tokens, train  # noqa: E402
+
+
+def timed(fn, repeats):
+    out, times = None, []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-epochs", type=int, default=2)
+    ap.add_argument("--train-size", type=int, default=781)
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    res = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+
+    cells = nb201.enumerate_all()
+    tk, res["tokenize_all"] = timed(lambda: tokenize_cells(nb201.op_id_matrix(cells), nb201.adjacency()), a.repeats)
+    torch.manual_seed(0)
+    model = NARFormer(NARFormerConfig()).eval()
+    res["model_params"] = model.n_params()
+    depth, nodes = torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes)
+    _, res["predict_all"] = timed(lambda: predict_tokens(model, depth, nodes, None), a.repeats)
+    res["tokenize_plus_predict_median_s"] = res["tokenize_all"]["median_s"] + res["predict_all"]["median_s"]
+
+    if not a.skip_train:
+        for name, preset in PRESETS.items():
+            p = dict(preset)
+            model_kw = p.pop("model")
+            p["epochs"] = a.train_epochs
+            cfg = TrainConfig(labels="analog", train_size=a.train_size, model=model_kw, save_every_s=1e9, **p)
+            with tempfile.TemporaryDirectory() as d:
+                s = train(cfg, d, resume=False, progress=False)
+            res[f"train_{name}"] = {"pairs_per_s": round(a.train_size * a.train_epochs / s["train_seconds"], 1),
+                                    "seconds_per_epoch": round(s["train_seconds"] / a.train_epochs, 2),
+                                    "batch_size": p["batch_size"], "twin_grad": p["twin_grad"],
+                                    "dropout": model_kw.get("dropout")}
+    if a.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:32s} {v}")
+
+
+if __name__ == "__main__":
+    main()
