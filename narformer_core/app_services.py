@@ -1,0 +1,547 @@
+"""What the app's pages call: plain functions over the package, no Streamlit in here.
+
+Pages wrap these in ``st.cache_resource`` (models, servers) or ``st.cache_data`` (tables, arrays).
+Everything here also works from a notebook or a test. Where a module written by someone else is
+not there yet (the ONNX import, network tokens, the model zoo, baselines, a latency predictor),
+:func:`optional` answers None and the page says so instead of failing.
+
+Locations, each overridable by an environment variable so that tests and demos can point the app
+elsewhere:
+
+- checkpoints: ``$NARFORMER_CHECKPOINT_DIR`` (default ``assets/checkpoints``), plus the best
+  checkpoints of training runs under ``$NARFORMER_RUNS_DIR`` (default ``runs/``);
+- the latency database: ``$NARFORMER_LATENCY_DB`` (default ``assets/latency.db``);
+- benchmark data: ``$NARFORMER_DATA_DIR`` (default ``../shared/data``), see ``data/__init__.py``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .graph import ArchGraph, GraphError
+from .spaces import nb101, nb201
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_CHECKPOINTS = ("nb201-781.pt", "nb201-1563.pt")
+TRAIN_HINT = ("python -m narformer_core train --space nb201 --train-size 781 --epochs 100 "
+              "--out runs/nb201-781-quick")
+TRAIN_HINT_NB101 = ("python -m narformer_core train --space nb101 --train-size 80 --val-size 200 "
+                    "--epochs 200 --out runs/nb101-quick")
+# Uploads above this size are refused before parsing (Streamlit's own limit is set a little above
+# it in .streamlit/config.toml, so the user sees our message rather than the uploader's).
+MAX_ONNX_BYTES = 50_000_000
+MAX_ONNX_NODES = 5000
+# The NB201 macro network a cell is measured in (the benchmark's CIFAR-10 network).
+NB201_NETWORK = {"channels": 16, "cells_per_stage": 5, "resolution": 32}
+SHORT_OPS = {"none": "none", "skip_connect": "skip", "nor_conv_1x1": "conv 1x1",
+             "nor_conv_3x3": "conv 3x3", "avg_pool_3x3": "avg pool 3x3"}
+
+
+# ------------------------------------------------------------------ locations and optional modules
+def checkpoint_dir() -> Path:
+    env = os.environ.get("NARFORMER_CHECKPOINT_DIR")
+    return Path(env) if env else PROJECT_ROOT / "assets" / "checkpoints"
+
+
+def latency_db_path() -> Path:
+    env = os.environ.get("NARFORMER_LATENCY_DB")
+    return Path(env) if env else PROJECT_ROOT / "assets" / "latency.db"
+
+
+def optional(module: str):
+    """``narformer_core.<module>`` if it exists (and imports), else None."""
+    full = f"narformer_core.{module}"
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as e:
+        # Only the module itself missing means "not written yet"; a missing dependency inside it
+        # is a real error and must show.
+        if e.name and (e.name == full or full.startswith(e.name + ".")):
+            return None
+        raise
+
+
+def shared_data_available() -> bool:
+    from .data import data_dir
+
+    return (data_dir() / "nb201_full_val_acc_naslib.csv").exists()
+
+
+# ------------------------------------------------------------------ checkpoints
+@dataclass(frozen=True)
+class CheckpointRef:
+    path: str
+    label: str
+    origin: str          # "shipped" or "run"
+    space: str | None
+    mtime: float
+
+
+def _space_of_run(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("space")
+    except (OSError, ValueError):
+        return None
+
+
+def _space_of_file(path: Path) -> str | None:
+    for s in ("nb201", "nb101"):
+        if path.name.startswith(s):
+            return s
+    return None
+
+
+def find_checkpoints(space: str | None = "nb201") -> list[CheckpointRef]:
+    """Shipped checkpoints first (the 781 one first), then the best checkpoints of training runs.
+
+    ``space`` keeps only checkpoints of that space where it can be told without loading them
+    (file name prefix, or the run's config.json); None keeps all.
+    """
+    from .runs import runs_dir
+
+    out: list[CheckpointRef] = []
+    cdir = checkpoint_dir()
+    if cdir.is_dir():
+        files = sorted(cdir.glob("*.pt"), key=lambda p: (p.name not in SHIPPED_CHECKPOINTS,
+                                                         SHIPPED_CHECKPOINTS.index(p.name) if p.name in SHIPPED_CHECKPOINTS else 0,
+                                                         p.name))
+        for p in files:
+            s = _space_of_file(p)
+            if space is None or s in (space, None):
+                out.append(CheckpointRef(str(p), f"{p.stem} (shipped)", "shipped", s, p.stat().st_mtime))
+    rdir = runs_dir()
+    if rdir.is_dir():
+        for run in sorted(rdir.iterdir(), key=lambda p: p.name):
+            if not run.is_dir():
+                continue
+            s = _space_of_run(run)
+            if space is not None and s not in (space, None):
+                continue
+            for name in ("best_ema.pt", "best.pt"):
+                p = run / name
+                if p.exists():
+                    out.append(CheckpointRef(str(p), f"runs/{run.name}/{name}", "run", s, p.stat().st_mtime))
+    return out
+
+
+def load_predictor(path: str, mtime: float | None = None):
+    """A NARFormerPredictor (``mtime`` only keys the caller's cache: a rewritten best.pt reloads)."""
+    import torch
+
+    from .predictors import NARFormerPredictor
+
+    # The app predicts one cell at a time or all at once in the background of a page; two
+    # intra-op threads fight the training runs on a 2-core machine for little gain.
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    return NARFormerPredictor.from_checkpoint(path)
+
+
+def checkpoint_summary(predictor) -> dict:
+    m = predictor.meta
+    tc = m.get("train_config", {})
+    return {"space": m.get("task", {}).get("space"), "labels": m.get("task", {}).get("labels"),
+            "kind": m.get("kind"), "epoch": m.get("epoch"), "val_tau": m.get("val_tau"),
+            "train_size": len(m.get("train_idx", ())), "val_size": len(m.get("val_idx", ())),
+            "seed": tc.get("seed"), "params": predictor.model.n_params()}
+
+
+def predict_graph(predictor, graph: ArchGraph) -> float:
+    return float(predictor.predict_graphs([graph])[0])
+
+
+def predict_chunk(predictor, space: str, start: int, stop: int) -> np.ndarray:
+    """Predicted accuracy (%) of architectures start..stop-1 of the space's task (enumeration order)."""
+    import torch
+
+    from .tasks import load_task
+    from .train import predict_tokens
+
+    if predictor.space != space:
+        raise GraphError(f"this checkpoint predicts {predictor.space} cells, not {space}")
+    # Tokens do not depend on labels: the space's embedded default task has every cell in
+    # enumeration order even where the checkpoint's own label source is not on this machine.
+    task = load_task(space)
+    tk = task.tokens(predictor.scheme)
+    sl = slice(start, min(stop, len(task)))
+    mask = tk.mask[sl]
+    return predict_tokens(predictor.model, torch.from_numpy(tk.depth[sl]), torch.from_numpy(tk.nodes[sl]),
+                          None if mask.all() else torch.from_numpy(mask)) * 100.0
+
+
+def chunks(n: int, size: int = 1024) -> list[tuple[int, int]]:
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def predict_all(predictor, space: str = "nb201", progress: Callable[[float], None] | None = None,
+                chunk: int = 1024) -> np.ndarray:
+    """Predicted accuracy (%) of every architecture of the space's task, in chunks."""
+    from .tasks import load_task
+
+    n = len(load_task(space))
+    parts = []
+    for k, (a, b) in enumerate(chunks(n, chunk)):
+        parts.append(predict_chunk(predictor, space, a, b))
+        if progress:
+            progress((k + 1) / len(chunks(n, chunk)))
+    return np.concatenate(parts)
+
+
+def rank_and_percentile(value: float, population: np.ndarray) -> tuple[int, float]:
+    """Rank (1 = highest) of ``value`` among ``population`` and the share (%) of it strictly below."""
+    pop = np.asarray(population, dtype=np.float64)
+    pop = pop[np.isfinite(pop)]
+    higher = int(np.sum(pop > value))
+    lower = int(np.sum(pop < value))
+    return higher + 1, 100.0 * lower / max(1, len(pop))
+
+
+def ranks_descending(values: np.ndarray) -> np.ndarray:
+    """Rank of every entry, 1 = highest; ties share the best rank; NaN stays NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, np.nan)
+    ok = np.isfinite(v)
+    s = np.sort(v[ok])
+    # Rank = 1 + how many are strictly higher.
+    out[ok] = 1 + (len(s) - np.searchsorted(s, v[ok], side="right"))
+    return out
+
+
+# ------------------------------------------------------------------ NB201
+def nb201_default_cell() -> tuple[str, ...]:
+    return nb201.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+
+
+def nb201_edge_names() -> list[str]:
+    return [f"edge {s} → {t}" for s, t in nb201.EDGES]
+
+
+def nb201_sources() -> dict[str, str]:
+    """Label sources available on this machine: analog always, the shared NB201 ones when present."""
+    from .data.nb201 import LABEL_SOURCES
+
+    keep = ["analog"]
+    if shared_data_available():
+        keep += ["nb201-val", "nb201-test", "nb201-12ep-val"]
+    return {k: LABEL_SOURCES[k] for k in keep}
+
+
+def nb201_labels(source: str) -> np.ndarray:
+    from .data.nb201 import load_labels
+
+    return load_labels(source)
+
+
+def nb201_ground_truth(index: int) -> pd.DataFrame:
+    """One row per available label source: accuracy of cell ``index`` and its true rank."""
+    rows = []
+    for src, desc in nb201_sources().items():
+        y = nb201_labels(src)
+        v = float(y[index])
+        known = int(np.isfinite(y).sum())
+        if np.isfinite(v):
+            rank, pct = rank_and_percentile(v, y)
+            rows.append({"source": src, "accuracy %": round(v, 2), "true rank": f"{rank:,} / {known:,}",
+                         "percentile": round(pct, 1), "what": desc})
+        else:
+            rows.append({"source": src, "accuracy %": None, "true rank": f"unknown (not among the {known:,})",
+                         "percentile": None, "what": desc})
+    return pd.DataFrame(rows)
+
+
+def nb201_table() -> pd.DataFrame:
+    """Every NB201 cell with every available label source side by side (enumeration order)."""
+    cells = nb201.enumerate_all()
+    df = pd.DataFrame({"index": np.arange(len(cells)), "arch_str": [nb201.to_arch_str(c) for c in cells]})
+    for k, name in enumerate(nb201_edge_names()):
+        df[name] = [SHORT_OPS[c[k]] for c in cells]
+    for src in nb201_sources():
+        df[src] = nb201_labels(src)
+    if shared_data_available():
+        from .data.nb201 import official_index
+
+        df.insert(1, "nb201_index", official_index())
+    return df
+
+
+# ------------------------------------------------------------------ NB101
+NB101_DEFAULT_MATRIX = np.array([
+    [0, 1, 1, 0, 0, 0, 0],
+    [0, 0, 0, 1, 0, 0, 0],
+    [0, 0, 0, 0, 1, 0, 0],
+    [0, 0, 0, 0, 0, 1, 0],
+    [0, 0, 0, 0, 0, 1, 0],
+    [0, 0, 0, 0, 0, 0, 1],
+    [0, 0, 0, 0, 0, 0, 0]])
+NB101_DEFAULT_OPS = ["input", "conv3x3-bn-relu", "conv1x1-bn-relu", "conv3x3-bn-relu", "maxpool3x3",
+                     "conv3x3-bn-relu", "output"]
+
+
+def nb101_table(source: str = "naslib-500-unique") -> pd.DataFrame:
+    from .data.nb101 import load_nb101
+
+    t = load_nb101(source)
+    return pd.DataFrame({"module_hash": t.hashes, "nodes": [len(g) for g in t.graphs],
+                         "edges": [len(g.edges()) for g in t.graphs],
+                         "ops": [", ".join(g.ops[1:-1]) for g in t.graphs],
+                         "val_acc": t.val_acc, "test_acc": t.test_acc, "params": t.params})
+
+
+def nb101_ground_truth(module_hash: str) -> pd.DataFrame:
+    """Accuracy and true rank of an NB101 module in the shipped cells (empty when it is not there)."""
+    rows = []
+    try:
+        df = nb101_table()
+    except (FileNotFoundError, ValueError):
+        return pd.DataFrame(rows)
+    hit = df[df["module_hash"] == module_hash]
+    if len(hit):
+        v = float(hit["val_acc"].iloc[0])
+        rank, pct = rank_and_percentile(v, df["val_acc"].to_numpy())
+        rows.append({"source": "naslib-500-unique", "accuracy %": round(v, 2),
+                     "true rank": f"{rank} / {len(df)}", "percentile": round(pct, 1),
+                     "what": "NB101 108-epoch validation accuracy (NASLib cells)"})
+    return pd.DataFrame(rows)
+
+
+def nb101_graph(matrix, ops: Sequence[str]) -> ArchGraph:
+    return nb101.to_graph(np.asarray(matrix, dtype=np.int64), list(ops))
+
+
+# ------------------------------------------------------------------ tokens
+def cell_token_matrix(graph: ArchGraph) -> tuple[np.ndarray, list[str], list[str]]:
+    """(n + 1, 192) cell tokens incl. the end token, row labels, and the part of each column."""
+    from .tokenizer import cell_token_labels, tokenize_graphs
+
+    tk = tokenize_graphs([graph])
+    n = len(graph)
+    rows = [f"{i} {op}" for i, op in enumerate(graph.ops)] + [f"{n} end token"]
+    return tk.nodes[0, : n + 1], rows, cell_token_labels()
+
+
+def network_token_matrix(graph: ArchGraph) -> tuple[np.ndarray, list[str], list[str]]:
+    """(n + 1, 480) network tokens incl. the end token, row labels, and the slot of each column."""
+    from .network_tokenizer import slot_labels, tokenize_network
+
+    tk = tokenize_network(graph)
+    n = len(graph)
+    rows = [f"{i} {node.op}" + (f" ({node.name})" if node.name and node.name != node.op else "")
+            for i, node in enumerate(graph.nodes)] + [f"{n} end token"]
+    return tk.nodes, rows, slot_labels()
+
+
+# ------------------------------------------------------------------ whole networks
+def import_onnx(data: bytes, max_bytes: int = MAX_ONNX_BYTES, max_nodes: int = MAX_ONNX_NODES) -> ArchGraph:
+    """Uploaded bytes -> graph. Raises GraphError/ValueError with a sentence for any bad input."""
+    mod = optional("onnx_import")
+    if mod is None:
+        raise GraphError("the ONNX import (narformer_core/onnx_import.py) is not available yet")
+    if not data:
+        raise GraphError("the file is empty (0 bytes): not an ONNX model")
+    return mod.load_onnx(bytes(data), max_bytes=max_bytes, max_nodes=max_nodes)
+
+
+def static_features(graph: ArchGraph) -> dict:
+    mod = optional("features")
+    if mod is None:
+        raise GraphError("static features (narformer_core/features.py) are not available yet")
+    return mod.static_features(graph)
+
+
+def human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}"
+    return f"{n:.0f} {unit}".strip()
+
+
+def nb201_network_spec(ops: Sequence[str]) -> dict:
+    return {"family": "nasbench201", "resolution": NB201_NETWORK["resolution"], "batch_size": 1,
+            "arch": nb201.to_arch_str(ops), "channels": NB201_NETWORK["channels"],
+            "cells_per_stage": NB201_NETWORK["cells_per_stage"]}
+
+
+def zoo_spec(family: str, seed: int, resolution: int | None = None) -> dict:
+    zoo = optional("latency.zoo")
+    if zoo is None:
+        raise GraphError("the model zoo (narformer_core/latency/zoo.py) is not available yet")
+    spec = zoo.sample_spec(family, np.random.default_rng(int(seed)))
+    if resolution:
+        spec["resolution"] = int(resolution)
+    return spec
+
+
+def zoo_onnx(spec_json: str) -> bytes:
+    """ONNX bytes of a zoo spec (given as JSON so that callers can cache on a string)."""
+    zoo = optional("latency.zoo")
+    if zoo is None:
+        raise GraphError("the model zoo (narformer_core/latency/zoo.py) is not available yet")
+    return zoo.export_onnx(json.loads(spec_json))
+
+
+def zoo_describe(spec: dict) -> str:
+    zoo = optional("latency.zoo")
+    return zoo.describe(spec) if zoo else json.dumps(spec)
+
+
+def latency_predictor_status() -> str | None:
+    """None when no latency predictor module exists yet; else a one-line description."""
+    for name in ("latency.predictor", "latency_predictor"):
+        mod = optional(name)
+        if mod is not None:
+            return f"narformer_core.{name}"
+    return None
+
+
+# ------------------------------------------------------------------ latency database
+def open_latency_db():
+    from .latency.db import LatencyDB
+
+    path = latency_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return LatencyDB(path)
+
+
+def measure_and_store(onnx_bytes: bytes, graph: ArchGraph, family: str | None = None,
+                      description: str | None = None, repeats: int = 30) -> dict:
+    """Time the model here (onnxruntime, 1 thread, batch 1) and store it in the latency DB."""
+    from .latency.measure import measure_onnx
+
+    m = measure_onnx(onnx_bytes, threads=1, warmup=5, repeats=repeats)
+    db = open_latency_db()
+    try:
+        h = db.add_graph(graph, family=family, description=description)
+        rid = db.add_measurement(h, m.platform_key, m, source="measured", note="measured from the app")
+    finally:
+        db.close()
+    return {"id": rid, "graph_hash": h, "platform_key": m.platform_key, "median_ms": m.median_ms,
+            "iqr_ms": m.iqr_ms, "repeats": m.repeats, "measured_at": m.measured_at}
+
+
+def stored_latency(graph: ArchGraph) -> pd.DataFrame:
+    """Every stored latency of this graph (all platforms, newest first); empty when none/no DB."""
+    path = latency_db_path()
+    if not path.exists():
+        return pd.DataFrame()
+    db = open_latency_db()
+    try:
+        df = db.list_measurements()
+    finally:
+        db.close()
+    return df[df["graph_hash"] == graph.stable_hash()].reset_index(drop=True)
+
+
+def latency_db_contents() -> tuple[pd.DataFrame, dict]:
+    path = latency_db_path()
+    if not path.exists():
+        return pd.DataFrame(), {"path": str(path), "graphs": 0, "measurements": 0}
+    db = open_latency_db()
+    try:
+        return db.list_measurements(), db.stats()
+    finally:
+        db.close()
+
+
+# ------------------------------------------------------------------ device latency (published)
+def nb201_device_table() -> pd.DataFrame:
+    """Latency (ms) of all 15,625 NB201 cells on the 27 HELP settings and the 4 nn-Meter devices."""
+    from .data.latency_sets import NB201_DEVICES, nb201_device_latency
+
+    df = pd.DataFrame({"index": np.arange(nb201.N_ARCHS),
+                       "arch_str": [nb201.to_arch_str(c) for c in nb201.enumerate_all()]})
+    for d in NB201_DEVICES:
+        df[d] = nb201_device_latency(d)
+    return df
+
+
+def device_descriptions() -> dict[str, str]:
+    from .data.latency_sets import DEVICE_DESCRIPTIONS
+
+    return dict(DEVICE_DESCRIPTIONS)
+
+
+def cell_on_devices(index: int, table: pd.DataFrame) -> pd.DataFrame:
+    """The cell's latency on every device, with its percentile there (100 = slowest)."""
+    desc = device_descriptions()
+    rows = []
+    for d in desc:
+        col = table[d].to_numpy()
+        v = float(col[index])
+        known = col[np.isfinite(col)]
+        rows.append({"device": d, "description": desc[d], "latency ms": v if np.isfinite(v) else None,
+                     "percentile (faster than)": round(100.0 * float(np.mean(known > v)), 1) if np.isfinite(v) else None,
+                     "median ms (all cells)": float(np.median(known)) if known.size else None})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ rankings
+def ranking_frame(pred: np.ndarray, truth: np.ndarray, ids: Sequence[str], seen: np.ndarray | None = None) -> pd.DataFrame:
+    """Per architecture: prediction, truth, their ranks (1 = best) and the rank error."""
+    pred = np.asarray(pred, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    ok = np.isfinite(truth) & np.isfinite(pred)
+    df = pd.DataFrame({"arch": np.asarray(ids, dtype=object)[ok], "predicted": pred[ok], "truth": truth[ok]})
+    df["predicted rank"] = ranks_descending(df["predicted"].to_numpy()).astype(int)
+    df["true rank"] = ranks_descending(df["truth"].to_numpy()).astype(int)
+    df["rank error"] = df["predicted rank"] - df["true rank"]
+    if seen is not None:
+        df["used in training"] = np.asarray(seen)[ok]
+    return df
+
+
+def kendall(pred, truth) -> float:
+    from .metrics import kendall_tau
+
+    return kendall_tau(pred, truth)
+
+
+def baseline_names() -> list[str]:
+    mod = optional("baselines")
+    if mod is None or not hasattr(mod, "PREDICTORS"):
+        return []
+    return [n for n in mod.PREDICTORS if n != "narformer"]
+
+
+def fit_baseline(name: str, predictor, labels: str | None = None, seed: int = 0) -> np.ndarray:
+    """Fit baseline ``name`` on the checkpoint's own training split; predictions for all cells."""
+    mod = optional("baselines")
+    if mod is None:
+        raise GraphError("baselines (narformer_core/baselines.py) are not available yet")
+    task = predictor.task(labels) if labels else predictor.task()
+    b = mod.make_predictor(name)
+    b.fit(task, predictor.meta["train_idx"], predictor.meta["val_idx"], seed=seed)
+    return np.asarray(b.predict(task), dtype=np.float64)
+
+
+# ------------------------------------------------------------------ netron
+def netron_available() -> bool:
+    return importlib.util.find_spec("netron") is not None
+
+
+def serve_netron(name: str, data: bytes) -> str:
+    """Serve ``data`` with Netron on 127.0.0.1 (a free port, a daemon thread); returns the URL."""
+    import netron
+
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "model.onnx"
+    if not safe.endswith(".onnx"):
+        safe += ".onnx"
+    host, port = netron.serve(safe, bytearray(data), address=("127.0.0.1", 0), browse=False)
+    return f"http://{host}:{port}"
+
+
+@lru_cache(maxsize=1)
+def netron_version() -> str:
+    try:
+        import netron
+
+        return netron.__version__
+    except ImportError:
+        return ""

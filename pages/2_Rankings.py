@@ -1,0 +1,148 @@
+"""Rankings: a checkpoint's predictions for a whole benchmark against the ground truth, with the
+baselines beside it when narformer_core/baselines.py is there."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from narformer_core import app_services as svc
+from narformer_core import plots
+from narformer_core.spaces import nb201
+
+st.set_page_config(page_title="Rankings · NAR-Former Explorer", page_icon="🏆", layout="wide")
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
+def load_predictor(path: str, mtime: float):
+    return svc.load_predictor(path, mtime)
+
+
+@st.cache_data(show_spinner=False, persist="disk", max_entries=256)
+def predicted_chunk(path: str, mtime: float, start: int, stop: int) -> np.ndarray:
+    return svc.predict_chunk(load_predictor(path, mtime), "nb201", start, stop)
+
+
+@st.cache_data(show_spinner="Predicting the NB101 cells…", max_entries=8)
+def nb101_predictions(path: str, mtime: float) -> np.ndarray:
+    p = load_predictor(path, mtime)
+    return np.asarray(p.predict(p.task()), dtype=np.float64)
+
+
+@st.cache_data(show_spinner=False, persist="disk", max_entries=32)
+def baseline_predictions(name: str, path: str, mtime: float) -> np.ndarray:
+    return svc.fit_baseline(name, load_predictor(path, mtime))
+
+
+@st.cache_data(show_spinner=False)
+def labels_of(source: str) -> np.ndarray:
+    return svc.nb201_labels(source)
+
+
+def all_nb201(ref) -> np.ndarray:
+    spans = svc.chunks(nb201.N_ARCHS)
+    bar = st.progress(0.0, text="Predicting all 15,625 cells (cached per checkpoint)…")
+    parts = []
+    for k, (a, b) in enumerate(spans):
+        parts.append(predicted_chunk(ref.path, ref.mtime, a, b))
+        bar.progress((k + 1) / len(spans), text="Predicting all 15,625 cells (cached per checkpoint)…")
+    bar.empty()
+    return np.concatenate(parts)
+
+
+st.title("🏆 Rankings")
+st.caption("A predictor is judged by how well it orders architectures: Kendall's tau between predicted "
+           "and measured accuracy over the whole benchmark.")
+
+space = st.radio("Benchmark", ["nb201", "nb101"], horizontal=True, key="rank_space",
+                 format_func={"nb201": "NAS-Bench-201", "nb101": "NAS-Bench-101 (shipped cells)"}.get)
+refs = svc.find_checkpoints(space)
+if not refs:
+    st.info(f"No trained {space.upper()} checkpoint found. Train one (terminal or **Training** page):")
+    st.code(svc.TRAIN_HINT if space == "nb201" else svc.TRAIN_HINT_NB101, language="bash")
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+labels = [r.label for r in refs]
+ref = refs[labels.index(c1.selectbox("Checkpoint", labels, key="rank_checkpoint"))]
+try:
+    predictor = load_predictor(ref.path, ref.mtime)
+except (ValueError, OSError) as e:
+    st.error(f"Cannot use this checkpoint: {e}")
+    st.stop()
+info = svc.checkpoint_summary(predictor)
+
+if space == "nb201":
+    sources = svc.nb201_sources()
+    default = info["labels"] if info["labels"] in sources else "analog"
+    source = c2.selectbox("Ground truth", list(sources), index=list(sources).index(default), key="rank_labels",
+                          help="\n".join(f"{k}: {v}" for k, v in sources.items()))
+    pred = all_nb201(ref)
+    truth = np.asarray(labels_of(source), dtype=np.float64)
+    ids = [nb201.to_arch_str(c) for c in nb201.enumerate_all()]
+else:
+    task = predictor.task()
+    source = c2.selectbox("Ground truth", [task.labels], key="rank_labels")
+    pred = nb101_predictions(ref.path, ref.mtime)
+    truth = np.asarray(task.y, dtype=np.float64)
+    ids = list(task.ids)
+seen = np.zeros(len(pred), dtype=bool)
+seen[np.asarray(predictor.meta["train_idx"], dtype=np.int64)] = True
+seen[np.asarray(predictor.meta["val_idx"], dtype=np.int64)] = True
+scope = c3.radio("Architectures", ["all", "unseen"], horizontal=True, key="rank_scope",
+                 format_func={"all": "all (as the paper)", "unseen": "unseen only"}.get,
+                 help="unseen: not used for training or validation by this checkpoint")
+st.caption(f"Checkpoint: trained on {info['train_size']:,} {space.upper()} architectures with {info['labels']} "
+           f"labels, {info['val_size']} for validation; selected at epoch {info['epoch']} "
+           f"(validation tau {info['val_tau']:.3f}).")
+
+keep = np.isfinite(truth) & (~seen if scope == "unseen" else np.ones_like(seen))
+frame = svc.ranking_frame(pred[keep], truth[keep], np.asarray(ids, dtype=object)[keep], seen[keep])
+ok_all, ok_unseen = np.isfinite(truth), np.isfinite(truth) & ~seen
+m = st.columns(4)
+m[0].metric("Kendall's tau (all)", f"{svc.kendall(pred[ok_all], truth[ok_all]):.3f}", help=f"{ok_all.sum():,} architectures")
+m[1].metric("Kendall's tau (unseen)", f"{svc.kendall(pred[ok_unseen], truth[ok_unseen]):.3f}",
+            help=f"{ok_unseen.sum():,} architectures")
+m[2].metric("Architectures shown", f"{len(frame):,}")
+m[3].metric("Mean |rank error|", f"{frame['rank error'].abs().mean():,.0f}" if len(frame) else "–")
+
+# ---------------------------------------------------------------- baselines
+errors = {"NAR-Former": frame["rank error"].to_numpy()}
+taus = {"NAR-Former": svc.kendall(frame["predicted"], frame["truth"])}
+names = svc.baseline_names()
+if not names:
+    st.info("Baselines appear here when narformer_core/baselines.py is present.")
+else:
+    chosen = st.multiselect("Baselines beside NAR-Former (fitted on the checkpoint's own training split)",
+                            names, key="rank_baselines")
+    for name in chosen:
+        try:
+            with st.spinner(f"Fitting {name} on {info['train_size']} architectures…", show_time=True):
+                bp = baseline_predictions(name, ref.path, ref.mtime)
+        except (ValueError, OSError, RuntimeError) as e:
+            st.warning(f"{name}: {e}")
+            continue
+        bf = svc.ranking_frame(bp[keep], truth[keep], np.asarray(ids, dtype=object)[keep])
+        errors[name] = bf["rank error"].to_numpy()
+        taus[name] = svc.kendall(bf["predicted"], bf["truth"])
+    if len(taus) > 1:
+        st.plotly_chart(plots.tau_bars(taus, title=f"Kendall's tau ({scope})"), key="rank_tau_bars", width="stretch")
+
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(plots.pred_vs_truth(frame["predicted"].to_numpy(), frame["truth"].to_numpy(),
+                                        hover=frame["arch"].to_numpy(),
+                                        highlight=frame["used in training"].to_numpy() if scope == "all" else None,
+                                        title=f"Predicted vs {source}", x_title=f"{source} (%)"),
+                    key="rank_scatter", width="stretch")
+with right:
+    st.plotly_chart(plots.rank_error_hist(errors), key="rank_hist", width="stretch")
+
+k = st.slider("Top k", 5, 100, 20, step=5, key="rank_topk")
+top = frame.sort_values("predicted", ascending=False).head(k)
+hits = int((top["true rank"] <= k).sum())
+st.markdown(f"**Top {k} by prediction**: {hits} of them are in the true top {k}; the best true rank among "
+            f"them is {int(top['true rank'].min()) if len(top) else '–'}.")
+st.dataframe(top.reset_index(drop=True), key="rank_top_table", width="stretch",
+             column_config={"predicted": st.column_config.NumberColumn(format="%.2f"),
+                            "truth": st.column_config.NumberColumn(format="%.2f")})

@@ -1,0 +1,127 @@
+"""Latency lab: published per-device latencies of NB201 cells, and the latency database of what
+was measured here (and predicted, once a latency predictor exists)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from narformer_core import app_services as svc
+from narformer_core import plots
+from narformer_core.graph import GraphError
+from narformer_core.spaces import nb201
+
+st.set_page_config(page_title="Latency lab · NAR-Former Explorer", page_icon="⏱️", layout="wide")
+
+
+@st.cache_data(show_spinner="Reading the published latency tables…")
+def device_table() -> pd.DataFrame:
+    return svc.nb201_device_table()
+
+
+def random_cell() -> None:
+    st.session_state["lat_arch"] = nb201.to_arch_str(nb201.sample(np.random.default_rng()))
+
+
+st.title("⏱️ Latency lab")
+st.caption("How fast is a cell? Published measurements on 31 device settings (27 from HW-NAS-Bench/HELP, "
+           "4 edge devices from nn-Meter), and what was measured on this machine.")
+
+# ---------------------------------------------------------------- published device latencies
+st.header("NB201 cells on 31 devices")
+if not svc.shared_data_available():
+    st.info("The published latency tables are in the shared benchmark folder, which is not on this machine. "
+            "Point NARFORMER_DATA_DIR at it to see per-device latencies.")
+else:
+    table = device_table()
+    desc = svc.device_descriptions()
+    st.session_state.setdefault("lat_arch", nb201.to_arch_str(svc.nb201_default_cell()))
+    c1, c2 = st.columns([4, 1])
+    arch = c1.text_input("Cell (NB201 arch string)", key="lat_arch")
+    c2.button("🎲 Random cell", key="lat_random", on_click=random_cell, width="stretch")
+    try:
+        ops = nb201.parse(arch)
+    except GraphError as e:
+        st.error(f"Not an NB201 cell: {e}")
+        ops = None
+    if ops is not None:
+        index = nb201.index_of(ops)
+        devices = list(desc)
+        c1, c2 = st.columns([3, 1])
+        device = c1.selectbox("Device", devices, key="lat_device", format_func=lambda d: f"{d}: {desc[d]}")
+        log_x = c2.toggle("log scale", key="lat_logx")
+        col = table[device].to_numpy()
+        v = float(col[index])
+        known = col[np.isfinite(col)]
+        m = st.columns(3)
+        if np.isfinite(v):
+            m[0].metric(f"Latency on {device}", f"{v:.3g} ms")
+            m[1].metric("Faster than", f"{100 * np.mean(known > v):.1f} % of cells")
+        else:
+            m[0].metric(f"Latency on {device}", "not measured")
+            m[1].metric("Faster than", "–")
+        m[2].metric("Cells measured on this device", f"{known.size:,}")
+        if device in ("cpu", "gpu", "gpu1", "vpu"):
+            st.caption("nn-Meter measured 2,000 cells of >= 90 % accuracy on the edge devices.")
+        st.plotly_chart(plots.value_histogram(col, v if np.isfinite(v) else None, log_x=log_x,
+                                              title=f"All cells on {desc[device]}"),
+                        key="lat_hist", width="stretch")
+        st.markdown("**This cell on every device**")
+        per_device = svc.cell_on_devices(index, table)
+        st.plotly_chart(plots.device_strip(per_device), key="lat_strip", width="stretch")
+        st.dataframe(per_device, hide_index=True, key="lat_devices_table", width="stretch",
+                     column_config={"latency ms": st.column_config.NumberColumn(format="%.4g"),
+                                    "median ms (all cells)": st.column_config.NumberColumn(format="%.4g")})
+
+# ---------------------------------------------------------------- this machine
+st.header("This machine: the latency database")
+df, stats = svc.latency_db_contents()
+st.caption(f"Database: `{stats['path']}` (set NARFORMER_LATENCY_DB to use another). Measure a model from the "
+           "**Architecture** page (upload, zoo, or an NB201 cell's network).")
+m = st.columns(4)
+m[0].metric("Graphs", stats.get("graphs", 0))
+m[1].metric("Measurements", stats.get("measurements", 0))
+by_source = stats.get("by_source", {})
+m[2].metric("Measured here / imported", f"{by_source.get('measured', 0)} / {by_source.get('imported', 0)}")
+m[3].metric("Predicted", by_source.get("predicted", 0))
+if not len(df):
+    st.info("Nothing measured yet.")
+else:
+    platforms = ["all", *sorted(df["platform_key"].unique())]
+    plat = st.selectbox("Platform", platforms, key="lat_db_platform")
+    shown = df if plat == "all" else df[df["platform_key"] == plat]
+    st.dataframe(shown[["measured_at", "family", "description", "platform_key", "median_ms", "iqr_ms", "repeats",
+                        "source", "graph_hash"]], hide_index=True, key="lat_db_table", width="stretch")
+    measured = shown[shown["source"].isin(["measured", "imported"])]
+    if len(measured) > 1:
+        fig = go.Figure()
+        for fam, g in measured.groupby("family"):
+            fig.add_trace(go.Box(y=g["median_ms"], name=str(fam), boxpoints="all"))
+        fig.update_layout(yaxis_title="median latency (ms)", height=320, margin=dict(l=10, r=10, t=20, b=10),
+                          showlegend=False)
+        st.plotly_chart(fig, key="lat_db_box", width="stretch")
+
+# ---------------------------------------------------------------- predicted vs measured
+st.header("Predicted vs measured")
+pairs = pd.DataFrame()
+if len(df):
+    pred = df[df["source"] == "predicted"].groupby(["graph_hash", "platform_key"])["median_ms"].first()
+    meas = df[df["source"].isin(["measured", "imported"])].groupby(["graph_hash", "platform_key"])["median_ms"].first()
+    pairs = pd.concat([pred.rename("predicted"), meas.rename("measured")], axis=1).dropna()
+if svc.latency_predictor_status() is None and not len(pairs):
+    st.info("No latency predictor in narformer_core yet, and no predicted latencies in the database: nothing to "
+            "compare. Once a predictor stores predictions (source 'predicted'), they appear here beside the "
+            "measurements of the same graph and platform.")
+elif not len(pairs):
+    st.info("No graph has both a prediction and a measurement on the same platform yet.")
+else:
+    from narformer_core.metrics import acc_within, mape
+
+    c = st.columns(3)
+    c[0].metric("Graphs with both", len(pairs))
+    c[1].metric("MAPE", f"{mape(pairs['predicted'], pairs['measured']):.1f} %")
+    c[2].metric("Acc(10%)", f"{acc_within(pairs['predicted'], pairs['measured']):.1f} %")
+    st.plotly_chart(plots.pred_vs_truth(pairs["predicted"].to_numpy(), pairs["measured"].to_numpy(),
+                                        x_title="measured (ms)", y_title="predicted (ms)", name="graphs"),
+                    key="lat_pred_scatter", width="stretch")
