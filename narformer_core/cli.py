@@ -31,6 +31,7 @@ def _train_config(args) -> "TrainConfig":
 
     preset = dict(PRESETS[args.preset])
     model = dict(preset.pop("model", {}))
+    model.update(_model_overrides(getattr(args, "model_json", None)))
     if getattr(args, "dropout", None) is not None:
         model["dropout"] = args.dropout
     for k in ("epochs", "batch_size", "lr"):
@@ -42,6 +43,27 @@ def _train_config(args) -> "TrainConfig":
                        train_size=args.train_size, val_size=args.val_size, seed=args.seed,
                        test_every=getattr(args, "test_every", 0) or 0, device=args.device,
                        data_dir=args.data_dir, model=model, **preset)
+
+
+def _model_overrides(text: str | None) -> dict:
+    """``--model-json`` -> NARFormerConfig overrides, checked here so a typo is one clear line."""
+    if not text:
+        return {}
+    from dataclasses import fields
+
+    from .model import NARFormerConfig
+
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--model-json is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"--model-json must be a JSON object of model settings, got {type(d).__name__}")
+    known = {f.name for f in fields(NARFormerConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UserError(f"--model-json has unknown model settings {unknown}; known: {', '.join(sorted(known))}")
+    return d
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +78,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--model-json", default=None,
+                   help='model config overrides as JSON, e.g. \'{"d_model": 64, "depths": [2, 1, 1, 1]}\'')
     p.add_argument("--twin-grad", dest="twin_grad", action="store_true", default=None,
                    help="backpropagate through the augmented twin (as the paper)")
     p.add_argument("--no-twin-grad", dest="twin_grad", action="store_false")
