@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+import torch
+
+from narformer_core.model import NARFormer, NARFormerConfig, build_model
+from narformer_core.spaces import nb101, nb201
+from narformer_core.tokenizer import tokenize_graphs
+
+C3, C1, MP = "conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3"
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY = dict(d_model=32, n_heads=2, ffn_dim=64, depths=(1, 1, 1, 1))
+
+
+def tensors(tk):
+    return torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), torch.from_numpy(tk.mask)
+
+
+def nb201_batch(n=5):
+    return tokenize_graphs([nb201.to_graph(c) for c in nb201.enumerate_all()[:: 15_625 // n][:n]])
+
+
+def nb101_cells():
+    def cell(edges, ops):
+        m = np.zeros((len(ops), len(ops)), int)
+        for j, i in edges:
+            m[j, i] = 1
+        return nb101.to_graph(m, ops)
+
+    return [cell([(0, 1), (1, 2), (2, 3), (0, 3)], ["input", C3, MP, "output"]),
+            cell([(0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 5), (5, 6), (0, 6)],
+                 ["input", C3, C1, MP, C3, C1, "output"]),
+            cell([(0, 1), (1, 2), (0, 2)], ["input", C1, "output"])]
+
+
+def test_default_config_size():
+    model = NARFormer(NARFormerConfig())
+    n = model.n_params()
+    print(f"default NAR-Former cell model: {n:,} parameters")
+    assert 3.5e6 <= n <= 5.5e6
+    assert len(model.encoder) == 6 and [len(s.blocks) for s in model.stages] == [1, 1, 1]
+    assert [s.queries.shape[0] for s in model.stages] == [4, 2, 1]
+
+
+def test_accuracy_head_shapes_and_range():
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    depth, nodes, mask = tensors(nb201_batch(5))
+    with torch.no_grad():
+        out = model(depth, nodes, mask)
+        out_nomask = model(depth, nodes)
+    assert out.shape == (5,) and out.dtype == torch.float32
+    assert ((out > 0) & (out < 1)).all()
+    torch.testing.assert_close(out, out_nomask)   # an all-true mask is the same as none
+    assert out.std() > 0                           # different cells, different predictions
+
+
+def test_token_projection_when_token_width_differs_from_model_width():
+    torch.manual_seed(0)
+    model = build_model({**TINY, "token_dim": 480, "depth_dim": 64}).eval()
+    out = model(torch.randn(3, 64), torch.randn(3, 6, 480))
+    assert out.shape == (3,)
+    assert isinstance(model.token_embed, torch.nn.Linear)
+    assert isinstance(build_model(dict(TINY, d_model=192, n_heads=6)).token_embed, torch.nn.Identity)
+
+
+def test_latency_head_uses_static_features():
+    torch.manual_seed(0)
+    cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", static_dim=16, head_hidden=64, **TINY)
+    model = NARFormer(cfg).eval()
+    depth, nodes = torch.randn(4, 192), torch.randn(4, 7, 480)
+    static = torch.randn(4, 16)
+    with torch.no_grad():
+        a = model(depth, nodes, static=static)
+        b = model(depth, nodes, static=static + 1.0)
+    assert a.shape == (4,)
+    assert not torch.allclose(a, b)
+    # The MLP widths h, h/2, h/4, h/8 then 1, on [token | static].
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(48, 64), (64, 32), (32, 16), (16, 8), (8, 1)]
+    with pytest.raises(ValueError, match="expects 16 static feature values per architecture, got 0"):
+        model(depth, nodes)
+    with pytest.raises(ValueError, match="got 3"):
+        model(depth, nodes, static=torch.randn(4, 3))
+    plain = NARFormer(NARFormerConfig(head="latency", **TINY)).eval()
+    assert plain(torch.randn(2, 192), torch.randn(2, 5, 192)).shape == (2,)
+
+
+def test_padding_tokens_do_not_change_the_prediction():
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    cells = nb101_cells()
+    padded = tokenize_graphs(cells)
+    assert not padded.mask.all()
+    with torch.no_grad():
+        together = model(*tensors(padded))
+        for i, g in enumerate(cells):
+            alone = model(*tensors(tokenize_graphs([g])))
+            torch.testing.assert_close(together[i], alone[0], atol=1e-5, rtol=1e-5)
+        # Without the mask the zero padding is attended to and the short cells' predictions move:
+        # the equality above is the mask's doing.
+        unmasked = model(torch.from_numpy(padded.depth), torch.from_numpy(padded.nodes))
+    assert (unmasked - together).abs()[[0, 2]].max() > 1e-4
+    torch.testing.assert_close(unmasked[1], together[1])   # the longest cell has no padding
+
+
+def test_padding_invariance_holds_for_arbitrary_padding_content():
+    torch.manual_seed(1)
+    model = build_model(TINY).eval()
+    tk = tokenize_graphs(nb101_cells())
+    depth, nodes, mask = tensors(tk)
+    noisy = nodes.clone()
+    noisy[~mask] = torch.randn(int((~mask).sum()), nodes.shape[-1]) * 10
+    with torch.no_grad():
+        torch.testing.assert_close(model(depth, nodes, mask), model(depth, noisy, mask))
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    model = build_model(dict(TINY, dropout=0.5))
+    depth, nodes, mask = tensors(nb201_batch(4))
+    model.train()
+    a, b = model(depth, nodes, mask), model(depth, nodes, mask)
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(depth, nodes, mask), model(depth, nodes, mask))
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    depth, nodes, mask = tensors(tokenize_graphs(nb101_cells()))
+    model(depth, nodes, mask).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(depths=(6, 1, 1)), "depths needs one entry for stage 1 and one per fusion stage"),
+    (dict(d_model=100, n_heads=6), "d_model 100 is not divisible by n_heads 6"),
+    (dict(queries=(4, 2, 2)), "last fusion stage must leave exactly one token"),
+    (dict(head="energy"), "unknown head 'energy'"),
+])
+def test_config_validation(kw, message):
+    with pytest.raises(ValueError, match=message):
+        NARFormerConfig(**kw)
+
+
+def test_config_to_dict_round_trip():
+    cfg = NARFormerConfig(**TINY)
+    d = cfg.to_dict()
+    assert d["depths"] == [1, 1, 1, 1] and d["queries"] == [4, 2, 1]
+    assert NARFormerConfig(**d) == cfg
+    assert build_model(d).cfg == cfg
