@@ -28,6 +28,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATES = ("starting", "running", "stopping", "finished", "stopped", "failed", "crashed")
 ACTIVE_STATES = ("starting", "running", "stopping")
 RESUMABLE_STATES = ("stopped", "crashed", "failed")
+# What a run executes, after the interpreter (a module path here; tests substitute a stand-in).
+TRAIN_ENTRY: tuple[str, ...] = ("-m", "narformer_core", "train")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 METRIC_COLUMNS = ("step", "epoch", "loss", "mse", "rank", "cons", "val_tau", "val_tau_ema", "lr", "wall_s")
 
@@ -38,10 +40,11 @@ class RunError(ValueError):
 
 def runs_dir(override: str | os.PathLike | None = None) -> Path:
     """Where runs live: ``override``, else $NARFORMER_RUNS_DIR, else ``runs/`` in the project."""
+    # Absolute, because the training process runs from the project root, not the caller's folder.
     if override:
-        return Path(override)
+        return Path(override).absolute()
     env = os.environ.get("NARFORMER_RUNS_DIR")
-    return Path(env) if env else PROJECT_ROOT / "runs"
+    return Path(env).absolute() if env else PROJECT_ROOT / "runs"
 
 
 @dataclass
@@ -264,12 +267,12 @@ def run_info(path: str | os.PathLike) -> RunInfo:
     # A status older than the latest launch belongs to the previous process (before a resume).
     fresh_status = bool(status) and (not launch or float(status.get("updated") or 0)
                                      >= float(launch.get("started_at") or 0) - 1.0)
-    # Our own launches are checked against their command line; a run started elsewhere (a
-    # script calling train()) only against the process table.
-    expect = "narformer_core" if launched_pid and launched_pid == status_pid else None
+    # Our own launches name their folder on the command line, which guards against a recycled
+    # pid; a run started elsewhere (a script calling train()) is checked against the process table.
+    expect = str(path) if launched_pid and launched_pid == status_pid else None
     if not fresh_status:
         info.pid = launched_pid
-        if pid_alive(launched_pid, "narformer_core"):
+        if pid_alive(launched_pid, str(path)):
             info.state = "starting"
         elif launch:
             info.state = "failed"
@@ -322,7 +325,7 @@ def get_run(name: str, root: str | os.PathLike | None = None) -> RunInfo:
 
 # ------------------------------------------------------------------ actions
 def _launch(path: Path, spec: RunSpec, resume: bool) -> RunInfo:
-    cmd = [sys.executable, "-m", "narformer_core", "train", "--out", str(path), "--quiet", *spec.cli_args()]
+    cmd = [sys.executable, *TRAIN_ENTRY, "--out", str(path), "--quiet", *spec.cli_args()]
     if not resume:
         cmd.append("--fresh")
     (path / "STOP").unlink(missing_ok=True)
