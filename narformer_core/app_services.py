@@ -339,14 +339,17 @@ def network_token_matrix(graph: ArchGraph) -> tuple[np.ndarray, list[str], list[
 
 
 # ------------------------------------------------------------------ whole networks
-def import_onnx(data: bytes, max_bytes: int = MAX_ONNX_BYTES, max_nodes: int = MAX_ONNX_NODES) -> ArchGraph:
-    """Uploaded bytes -> graph. Raises GraphError/ValueError with a sentence for any bad input."""
+def import_onnx(data: bytes, max_bytes: int | None = None, max_nodes: int | None = None) -> ArchGraph:
+    """Uploaded bytes -> graph. Raises GraphError/ValueError with a sentence for any bad input.
+
+    Limits default to MAX_ONNX_BYTES / MAX_ONNX_NODES as they are at call time.
+    """
     mod = optional("onnx_import")
     if mod is None:
         raise GraphError("the ONNX import (narformer_core/onnx_import.py) is not available yet")
     if not data:
         raise GraphError("the file is empty (0 bytes): not an ONNX model")
-    return mod.load_onnx(bytes(data), max_bytes=max_bytes, max_nodes=max_nodes)
+    return mod.load_onnx(bytes(data), max_bytes=max_bytes or MAX_ONNX_BYTES, max_nodes=max_nodes or MAX_ONNX_NODES)
 
 
 def static_features(graph: ArchGraph) -> dict:

@@ -29,8 +29,13 @@ def predicted_chunk(path: str, mtime: float, start: int, stop: int) -> np.ndarra
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def import_onnx(digest: str, _data: bytes) -> ArchGraph:
-    return svc.import_onnx(_data)
+def _import_onnx(digest: str, max_bytes: int, _data: bytes) -> ArchGraph:
+    return svc.import_onnx(_data, max_bytes=max_bytes)
+
+
+def import_onnx(digest: str, data: bytes) -> ArchGraph:
+    # The limit is part of the key: a model accepted under a larger limit must not pass a smaller one.
+    return _import_onnx(digest, svc.MAX_ONNX_BYTES, data)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -1,0 +1,196 @@
+"""The Architecture page, driven through streamlit.testing.v1.AppTest: every tab and its widgets,
+good and bad uploads, NB101 validation as you edit, the model zoo, latency measurement."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_app_support import (app_env, array, charts, no_exception, page, small_onnx_bytes, table,  # noqa: F401
+                              texts, tiny_checkpoints, trace_types)
+
+PAGE = "pages/1_Architecture.py"
+
+
+@pytest.fixture
+def at(monkeypatch, tmp_path, tiny_checkpoints):
+    app_env(monkeypatch, tmp_path, tiny_checkpoints)
+    return page(PAGE)
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes() -> bytes:
+    return small_onnx_bytes()
+
+
+def pick_dag(at, key: str) -> None:
+    """Draw the graph ourselves rather than start Netron (when Netron is installed)."""
+    radios = [r for r in at.radio if r.key == key]
+    if radios and radios[0].value != "DAG":
+        radios[0].set_value("DAG")
+        at.run()
+
+
+def open_tab(at, name: str):
+    at.session_state["arch_tab"] = name
+    return at.run()
+
+
+def test_nb201_tab_draws_cell_tokens_prediction_and_truth(at):
+    at.run()
+    no_exception(at)
+    out = texts(at)
+    assert "Predicted accuracy" in out and "Predicted rank" in out
+    assert "/ 15,625" in out
+    truth = table(at, "true rank")
+    assert "analog" in list(truth["source"])
+    heat = [f for f in charts(at) if any(t.get("type") == "heatmap" for t in f["data"])]
+    assert heat, "no token heatmap"
+    z = array(heat[0]["data"][0]["z"])
+    assert z.shape == (9, 192)                      # 8 nodes + end token, 192 values each
+    ticks = heat[0]["layout"]["xaxis"]["ticktext"]
+    assert ticks == ["op type", "position", "sources"]
+    assert heat[0]["data"][0]["customdata"][0][0] == "op type [0]"
+    assert heat[0]["data"][0]["customdata"][0][70] == "position [6]"
+    assert "node: %{y}" in heat[0]["data"][0]["hovertemplate"] and "slot" in heat[0]["data"][0]["hovertemplate"]
+
+
+def test_nb201_edge_change_changes_prediction_and_truth(at):
+    at.run()
+    truth_before = table(at, "true rank")["accuracy %"].iloc[0]
+    for k in range(6):
+        at.selectbox(key=f"arch_nb201_edge_{k}").set_value("none")
+    at.run()
+    no_exception(at)
+    assert "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|" in texts(at)
+    truth_after = table(at, "true rank")["accuracy %"].iloc[0]
+    assert truth_after == pytest.approx(10.0, abs=0.5) and truth_after != truth_before
+    assert "Predicted accuracy" in texts(at)
+
+
+def test_nb201_network_build_static_features_and_measure(at):
+    at.run()
+    at.toggle(key="arch_nb201_build").set_value(True)
+    at.run()
+    pick_dag(at, "arch_nb201_net_view")
+    no_exception(at)
+    out = texts(at)
+    assert "FLOPs (MACs)" in out and "Parameters" in out
+    assert "No latency predictor" in out or "Latency predictor module found" in out
+    at.button(key="arch_nb201_net_measure").click().run()
+    no_exception(at)
+    assert "Measured" in texts(at) and "stored in" in texts(at)
+    assert len(table(at, "platform_key")) == 1
+
+
+def test_upload_good_onnx_shows_heatmap_features(at, onnx_bytes):
+    open_tab(at, "Upload ONNX")
+    assert "Limit: 50 MB" in texts(at)
+    at.file_uploader(key="arch_upload").set_value(("tiny.onnx", onnx_bytes, "application/octet-stream"))
+    at.run()
+    pick_dag(at, "arch_onnx_view")
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    out = texts(at)
+    assert "tiny.onnx" in out and "Conv" in out
+    heat = [f for f in charts(at) if any(t.get("type") == "heatmap" for t in f["data"])]
+    z = array(heat[0]["data"][0]["z"])
+    assert z.shape[1] == 480
+    assert heat[0]["layout"]["xaxis"]["ticktext"][:3] == ["op type", "self position", "source positions"]
+    assert len(heat[0]["layout"]["xaxis"]["ticktext"]) == 15
+    assert "FLOPs (MACs)" in out
+
+
+def test_upload_netron_view_embeds_a_local_viewer(at, onnx_bytes):
+    pytest.importorskip("netron")
+    open_tab(at, "Upload ONNX")
+    at.file_uploader(key="arch_upload").set_value(("tiny.onnx", onnx_bytes, "application/octet-stream"))
+    at.run()
+    no_exception(at)
+    assert at.radio(key="arch_onnx_view").value == "Netron"
+    assert "consent dialog" in texts(at) and "http://127.0.0.1:" in texts(at)
+    frames = at.get("iframe")
+    assert frames and "127.0.0.1" in str(frames[0].proto)
+
+
+@pytest.mark.parametrize("name,data,expect", ids=["random-bytes", "empty", "text"], argvalues=[
+    ("random.onnx", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "Could not read random.onnx"),
+    ("empty.onnx", b"", "Could not read empty.onnx"),
+    ("notes.onnx", b"this is a text file, not a model\n" * 20, "Could not read notes.onnx"),
+])
+def test_bad_uploads_show_an_error_not_a_traceback(at, name, data, expect):
+    open_tab(at, "Upload ONNX")
+    at.file_uploader(key="arch_upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    no_exception(at)
+    errors = [e.value for e in at.error]
+    assert errors and expect in errors[0], errors
+    assert "Traceback" not in errors[0]
+
+
+def test_truncated_onnx_shows_an_error(at, onnx_bytes):
+    open_tab(at, "Upload ONNX")
+    at.file_uploader(key="arch_upload").set_value(("cut.onnx", onnx_bytes[: len(onnx_bytes) // 2], "application/octet-stream"))
+    at.run()
+    no_exception(at)
+    assert at.error and "Could not read cut.onnx" in at.error[0].value
+
+
+def test_oversized_upload_is_refused_with_the_limit(at, onnx_bytes, monkeypatch):
+    from narformer_core import app_services
+
+    monkeypatch.setattr(app_services, "MAX_ONNX_BYTES", 1000)
+    open_tab(at, "Upload ONNX")
+    at.file_uploader(key="arch_upload").set_value(("big.onnx", onnx_bytes, "application/octet-stream"))
+    at.run()
+    no_exception(at)
+    assert at.error and "over the limit" in at.error[0].value
+
+
+def test_nb101_default_cell_is_valid_and_tokenized(at):
+    open_tab(at, "Compose NB101")
+    no_exception(at)
+    assert any("Valid cell" in s.value for s in at.success)
+    heat = [f for f in charts(at) if any(t.get("type") == "heatmap" for t in f["data"])]
+    assert array(heat[0]["data"][0]["z"]).shape[1] == 192
+    # No NB101 checkpoint in the test folder: the page says how to train one.
+    assert "No trained NB101 checkpoint" in texts(at)
+
+
+@pytest.mark.parametrize("edits,message", [
+    ({3: {"→1": True}}, "strictly upper triangular"),          # node 3 feeding the earlier node 1
+    ({0: {"→1": False, "→2": False}}, "no path leads from the input to the output"),
+    ({i: {f"→{j}": True for j in range(i + 1, 7)} for i in range(7)}, "at most 9"),
+])
+def test_nb101_matrix_edits_are_validated(at, edits, message):
+    open_tab(at, "Compose NB101")
+    at.session_state["arch_nb101_matrix"] = {"edited_rows": edits, "added_rows": [], "deleted_rows": []}
+    at.run()
+    no_exception(at)
+    errors = [e.value for e in at.error]
+    assert errors and message in errors[0], errors
+
+
+def test_nb101_op_change_changes_module_hash(at):
+    open_tab(at, "Compose NB101")
+    first = [s.value for s in at.success if "Valid cell" in s.value][0]
+    at.selectbox(key="arch_nb101_op_1").set_value("maxpool3x3").run()
+    no_exception(at)
+    second = [s.value for s in at.success if "Valid cell" in s.value][0]
+    assert first != second
+
+
+def test_model_zoo_variant_builds_and_measures(at):
+    open_tab(at, "Model zoo")
+    at.selectbox(key="arch_zoo_family").set_value("nasbench201").run()
+    at.select_slider(key="arch_zoo_res_nasbench201").set_value(32)
+    at.slider(key="arch_zoo_seed").set_value(3)
+    at.run()
+    pick_dag(at, "arch_zoo_view")
+    no_exception(at)
+    out = texts(at)
+    assert "nasbench201 @32px" in out and "FLOPs (MACs)" in out
+    assert "heatmap" in trace_types(at)
+    assert at.get("download_button")
+    at.button(key="arch_zoo_measure").click().run()
+    no_exception(at)
+    assert "Measured" in texts(at)
