@@ -1,0 +1,382 @@
+"""Latency commands: ``predict-latency``, ``measure``, ``latency ...`` and ``bench latency``.
+
+    python -m narformer_core predict-latency MODEL.onnx --json
+    python -m narformer_core measure MODEL.onnx --json [--db latency.sqlite]
+    python -m narformer_core latency build-dataset --n 2000 --out assets/latency/zoo_cpu.jsonl.gz
+    python -m narformer_core latency build-dataset --extend 500 --out assets/latency/zoo_cpu.jsonl.gz
+    python -m narformer_core latency build-dataset --remeasure 200 --from assets/latency/zoo_cpu.jsonl.gz \
+        --out assets/latency/zoo_cpu_retest.jsonl.gz
+    python -m narformer_core latency summary assets/latency/zoo_cpu.jsonl.gz
+    python -m narformer_core latency train --dataset assets/latency/zoo_cpu.jsonl.gz --out assets/latency/narformer_latency.pt
+    python -m narformer_core bench latency --json [--dataset ...] [--nb201 --devices gold_6226,pixel3]
+
+Registered by ``cli.py`` through ``register(subparsers, bench_parser)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .cli import BENCHES, UserError
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "latency"
+DEFAULT_DATASET = ASSETS / "zoo_cpu.jsonl.gz"
+DEFAULT_RETEST = ASSETS / "zoo_cpu_retest.jsonl.gz"
+DEFAULT_CHECKPOINT = ASSETS / "narformer_latency.pt"
+DEFAULT_NB201_RESULTS = ASSETS / "nb201_devices.jsonl"
+
+
+def _print(obj, as_json: bool) -> None:
+    print(json.dumps(obj, indent=None if as_json else 2, default=_jsonable))
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _measure_opts(args) -> dict:
+    return {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
+            "min_seconds": args.min_seconds}
+
+
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs at least (default 30)")
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="keep timing until this many seconds have passed (default 1.0)")
+
+
+# ------------------------------------------------------------------ predict-latency / measure
+def _load_model_graph(path: str):
+    from .onnx_import import load_onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"no ONNX file at {p}")
+    return load_onnx(p)
+
+
+def cmd_predict_latency(args) -> int:
+    import time
+
+    from .features import static_features
+    from .latency.predictors import load_predictor
+
+    graph = _load_model_graph(args.model)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise UserError(f"no latency checkpoint at {ckpt}; train one with "
+                        "`python -m narformer_core latency train` or pass --checkpoint")
+    pred = load_predictor(ckpt)
+    t0 = time.perf_counter()
+    ms = float(pred.predict([graph])[0])
+    out = {"model": str(args.model), "latency_ms": round(ms, 4), "predictor": pred.name,
+           "checkpoint": str(ckpt), "platform_key": pred.meta.get("platform_key"),
+           "static": static_features(graph), "n_nodes": len(graph),
+           "unknown_ops": graph.meta.get("unknown_ops", []),
+           "predict_seconds": round(time.perf_counter() - t0, 4)}
+    _print(out, args.json)
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from .features import static_features
+    from .latency.measure import measure_onnx
+
+    graph = _load_model_graph(args.model)
+    m = measure_onnx(Path(args.model), threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                     min_seconds=args.min_seconds, batch_size=args.batch_size)
+    out = {"model": str(args.model), "latency_ms": round(m.median_ms, 4), **m.to_dict(),
+           "platform_key": m.platform_key, "graph_hash": graph.stable_hash(),
+           "static": static_features(graph), "n_nodes": len(graph)}
+    if args.db:
+        from .latency.db import LatencyDB
+
+        with LatencyDB(args.db) as db:
+            h = db.add_graph(graph, family=args.family or "user", description=Path(args.model).name)
+            out["db_row"] = db.add_measurement(h, m.platform_key, m, note=f"measure {Path(args.model).name}")
+            out["db"] = str(args.db)
+    _print(out, args.json)
+    return 0
+
+
+# ------------------------------------------------------------------ latency build-dataset / summary
+def cmd_build_dataset(args) -> int:
+    from .latency import dataset as ds
+
+    families = [f.strip() for f in args.families.split(",")] if args.families else None
+    if families:
+        from .latency.zoo import FAMILIES
+        bad = [f for f in families if f not in FAMILIES]
+        if bad:
+            raise UserError(f"unknown families {bad}; the zoo has {', '.join(FAMILIES)}")
+    if args.remeasure:
+        if not args.source:
+            raise UserError("--remeasure K needs --from FIRST.jsonl.gz (the data set to re-measure)")
+        res = ds.remeasure(args.source, args.out, args.remeasure, measure=_measure_opts(args),
+                           progress=not args.quiet, db=args.db)
+    else:
+        if args.n is None and not args.extend:
+            raise UserError("say how many networks: --n TOTAL or --extend NEW")
+        res = ds.build_dataset(args.out, args.n, extend=args.extend or 0, seed=args.seed,
+                               families=families, db=args.db, measure=_measure_opts(args),
+                               progress=not args.quiet, allow_mixed_platform=args.allow_mixed_platform)
+    _print(res, args.json)
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from .latency import dataset as ds
+
+    out = ds.summarize(args.dataset)
+    if args.retest:
+        out["test_retest"] = ds.test_retest(args.dataset, args.retest)
+    _print(out, args.json)
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from .latency import dataset as ds
+
+    _print(ds.compact(args.dataset), args.json)
+    return 0
+
+
+# ------------------------------------------------------------------ training and benchmark
+def _json_arg(text: str | None, what: str) -> dict:
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{what} must be a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _factories(args) -> dict:
+    """Column name -> factory of a fresh predictor, from the command line options."""
+    from .latency.predictors import KINDS, make_predictor
+
+    kinds = [k.strip() for k in (args.predictors or ",".join(KINDS)).split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise UserError(f"unknown predictors {bad}; known: {', '.join(KINDS)}")
+    nar_model = _json_arg(getattr(args, "model_json", None), "--model-json")
+    nar_train = _json_arg(getattr(args, "narformer_json", None), "--narformer-json")
+    nnlp = _json_arg(getattr(args, "nnlp_json", None), "--nnlp-json")
+    if getattr(args, "epochs", None):
+        nar_train.setdefault("epochs", args.epochs)
+        nnlp.setdefault("epochs", args.epochs)
+    if getattr(args, "target", None):
+        nar_train["target"] = args.target
+    static_raw = not getattr(args, "no_static_raw", False)
+    names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN"}
+    make = {
+        "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train, static_raw=static_raw),
+        "flops": lambda: make_predictor("flops"),
+        "nnlp": lambda: make_predictor("nnlp", **nnlp),
+    }
+    # Fail on bad options now, not after an hour of other trainings.
+    for k in kinds:
+        try:
+            make[k]()
+        except (TypeError, ValueError) as e:
+            raise UserError(f"bad options for the {k} predictor: {e}") from None
+    return {names[k]: make[k] for k in kinds}
+
+
+def cmd_train_latency(args) -> int:
+    from .latency.dataset import load_dataset
+
+    records, graphs, y = load_dataset(args.dataset)
+    if len(graphs) < 10:
+        raise UserError(f"{args.dataset} has only {len(graphs)} networks; train on at least 10")
+    factories = _factories(args)
+    if len(factories) != 1:
+        raise UserError("latency train trains one predictor: pass one of --predictors narformer|flops|nnlp")
+    (name, factory), = factories.items()
+    pred = factory().fit(graphs, y, seed=args.seed, progress=not args.quiet)
+    pred.meta.update({"dataset": str(args.dataset), "n_networks": len(graphs),
+                      "platform_key": records[0].get("platform_key"),
+                      "families": sorted({r.get("family") for r in records})})
+    path = pred.save(args.out)
+    _print({"checkpoint": str(path), "predictor": name, **pred.meta}, args.json)
+    return 0
+
+
+def bench_latency(args) -> int:
+    """``bench latency``: one table of in-domain and leave-one-family-out MAPE / Acc(10%)."""
+    import time
+
+    if getattr(args, "nb201", False):
+        return _bench_nb201(args)
+    from .latency.dataset import load_dataset
+    from .latency.train_latency import bench_table, latency_bench
+
+    dataset = Path(args.dataset)
+    records, graphs, y = load_dataset(dataset)
+    if len(graphs) < 20:
+        raise UserError(f"{dataset} has only {len(graphs)} networks: too few for a benchmark")
+    fams = [r["family"] for r in records]
+    lofo = None
+    if args.lofo_families:
+        lofo = [f.strip() for f in args.lofo_families.split(",")]
+        bad = sorted(set(lofo) - set(fams))
+        if bad:
+            raise UserError(f"--lofo-families {bad} are not in {dataset}")
+    t0 = time.perf_counter()
+    res = latency_bench(graphs, y, fams, _factories(args), seed=args.seed, lofo=not args.no_lofo,
+                        lofo_families=lofo, progress=not args.quiet)
+    res.update({"dataset": str(dataset), "n_networks": len(graphs),
+                "platform_key": records[0].get("platform_key"), "seconds": round(time.perf_counter() - t0, 1),
+                "seed": args.seed})
+    if getattr(args, "retest", None) and Path(args.retest).exists():
+        from .latency.dataset import test_retest
+        res["test_retest_floor"] = {k: v for k, v in test_retest(dataset, args.retest).items() if k != "per_family"}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1, default=_jsonable))
+    if args.json:
+        print(json.dumps(res, default=_jsonable))
+    else:
+        print(bench_table(res))
+        if "test_retest_floor" in res:
+            f = res["test_retest_floor"]
+            print(f"test-retest floor: MAPE {f.get('mape')}% / Acc(10%) {f.get('acc10')}% over {f.get('n')} networks")
+    return 0
+
+
+def _bench_nb201(args) -> int:
+    from .data.latency_sets import NB201_DEVICES
+    from .latency.train_latency import nb201_table, run_nb201_devices
+
+    devices = [d.strip() for d in args.devices.split(",")] if args.devices else list(NB201_DEVICES)
+    try:
+        fractions = [float(f) for f in (args.fractions or "0.05,0.1").split(",")]
+    except ValueError:
+        raise UserError(f"--fractions must be comma-separated numbers, got {args.fractions!r}") from None
+    train = _json_arg(getattr(args, "narformer_json", None), "--narformer-json")
+    if args.epochs:
+        train["epochs"] = args.epochs
+    model = _json_arg(getattr(args, "model_json", None), "--model-json")
+    results = run_nb201_devices(devices, fractions, results=args.results or DEFAULT_NB201_RESULTS, seed=args.seed, model=model,
+                                train=train, data_dir=args.data_dir, progress=not args.quiet)
+    table = nb201_table(results)
+    if args.json:
+        print(json.dumps(table, default=_jsonable))
+    else:
+        print("device            fraction  n_train  MAPE     Acc(10%)  tau")
+        for r in table["rows"]:
+            print(f"{r['device']:<17} {r['fraction']:<9g} {r['n_train']:<8} {r['mape']:<8.3f} "
+                  f"{r['acc10']:<9.2f} {r['kendall_tau']:.4f}")
+        for f, s in table["summary"].items():
+            print(f"median over {s['devices']} devices at {f}: MAPE {s['median_mape']}%, "
+                  f"Acc(10%) {s['median_acc10']}%, tau {s['median_tau']}")
+    return 0
+
+
+def _add_once(p: argparse.ArgumentParser, flag: str, **kw) -> None:
+    """Add an option unless another extension sharing the bench parser already did."""
+    if flag not in p._option_string_actions:
+        p.add_argument(flag, **kw)
+
+
+def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
+    _add_once(p, "--dataset", default=str(DEFAULT_DATASET), help="latency: the measured data set")
+    _add_once(p, "--predictors", default=None if bench else "narformer",
+              help="latency: comma-separated narformer, flops, nnlp")
+    _add_once(p, "--target", default=None, choices=["log", "ms", "residual"],
+              help="NAR-Former latency target (default: the predictor's default)")
+    _add_once(p, "--no-static-raw", action="store_true",
+              help="NAR-Former latency: only the sin/cos codes of the static features, as in the paper")
+    _add_once(p, "--narformer-json", default=None, help="NAR-Former latency training overrides (JSON)")
+    _add_once(p, "--nnlp-json", default=None, help="NNLP GNN options (JSON), e.g. '{\"width\": 256}'")
+
+
+def register(sub, bench_parser) -> None:
+    p = sub.add_parser("predict-latency", help="predict an ONNX model's latency on this machine's platform")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                   help="a latency predictor checkpoint (default: the shipped NAR-Former one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict_latency)
+
+    p = sub.add_parser("measure", help="measure an ONNX model's latency here (onnxruntime, CPU)")
+    p.add_argument("model", help="an ONNX file")
+    _add_measure_args(p)
+    p.add_argument("--batch-size", type=int, default=1, help="fills a dynamic batch axis")
+    p.add_argument("--db", default=None, help="also store the measurement in this SQLite latency database")
+    p.add_argument("--family", default=None, help="family label for the database")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_measure)
+
+    lat = sub.add_parser("latency", help="the measured latency data set and latency predictors")
+    lsub = lat.add_subparsers(dest="latency_command", required=True)
+    p = lsub.add_parser("build-dataset", help="measure zoo networks into a gzip JSON-lines file "
+                        "(resumable; --extend adds more; --remeasure K for the test-retest floor)")
+    p.add_argument("--out", default=str(DEFAULT_DATASET))
+    p.add_argument("--n", type=int, default=None, help="networks in the file when done (resumes)")
+    p.add_argument("--extend", type=int, default=0, help="add this many new networks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the zoo draw (keep it to resume/extend)")
+    p.add_argument("--families", default=None, help="comma-separated subset of the zoo families")
+    p.add_argument("--db", default=None, help="also write every measurement into this SQLite LatencyDB")
+    p.add_argument("--remeasure", type=int, default=0, metavar="K",
+                   help="re-measure the first K networks of --from into --out instead")
+    p.add_argument("--from", dest="source", default=None, help="the data set to re-measure")
+    p.add_argument("--allow-mixed-platform", action="store_true",
+                   help="append even though the file holds another platform's measurements")
+    _add_measure_args(p)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_build_dataset)
+
+    p = lsub.add_parser("summary", help="counts and ranges per family; --retest adds the test-retest floor")
+    p.add_argument("dataset", nargs="?", default=str(DEFAULT_DATASET))
+    p.add_argument("--retest", default=None, help="a re-measurement file of the same networks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_summary)
+
+    p = lsub.add_parser("compact", help="rewrite a data set as one gzip stream (smaller, same records)")
+    p.add_argument("dataset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compact)
+
+    p = lsub.add_parser("train", help="train a latency predictor on the whole data set (10%% for "
+                        "validation) and save its checkpoint")
+    _add_predictor_args(p, bench=False)
+    p.add_argument("--out", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--model-json", default=None, help="NAR-Former model overrides (JSON)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train_latency)
+
+    # bench latency: the accuracy bench's options (--epochs, --seed, --model-json, --out, --json,
+    # --data-dir) are shared; these are added for latency.
+    _add_predictor_args(bench_parser, bench=True)
+    b = bench_parser
+    _add_once(b, "--no-lofo", action="store_true", help="latency: in-domain only")
+    _add_once(b, "--lofo-families", default=None, help="latency: hold out only these families (comma-separated)")
+    _add_once(b, "--retest", default=str(DEFAULT_RETEST),
+              help="latency: re-measurement file for the test-retest floor line")
+    _add_once(b, "--nb201", action="store_true", help="latency: the NB201 per-device cell benchmark instead")
+    _add_once(b, "--devices", default=None, help="latency --nb201: comma-separated devices (default all 31)")
+    _add_once(b, "--fractions", default=None, help="latency --nb201: training fractions (default 0.05,0.1)")
+    _add_once(b, "--results", default=None,
+              help=f"latency --nb201: JSON-lines file results are appended to and resumed from "
+                   f"(default {DEFAULT_NB201_RESULTS.relative_to(ASSETS.parents[1])})")
+    BENCHES["latency"] = bench_latency

@@ -1,0 +1,418 @@
+"""The measured latency data set: zoo networks, their graphs and their latency on this machine.
+
+One gzip-compressed JSON line per network::
+
+    spec, spec_id, family, description, graph (ArchGraph.to_dict: structure, no weights),
+    graph_hash, n_nodes, static (batch_size, flops, params, memory_access), median_ms, iqr_ms,
+    std_ms, mean_ms, min_ms, p10_ms, p25_ms, p90_ms, repeats, samples_ms (every timed run),
+    platform, platform_key, measured_at, load_avg (the 1-minute load average when the timing
+    started), export_s, measure_options, schema
+
+:func:`build_dataset` samples zoo specs round robin over the families
+(``zoo.sample_specs(n, seed)``, a longer list extends a shorter one), exports each to ONNX in
+memory, imports it to the architecture graph and times it with ``measure_onnx``. It appends as it
+goes, so an interrupted build loses at most the network being measured, and a second call skips
+every ``spec_id`` already in the file: building to ``n`` resumes, ``extend`` adds that many new
+networks.
+
+Why one gzip member per line: a member is complete as soon as its write returns, so a build
+killed at any moment leaves a file whose every line but possibly the last is readable; the
+reader stops at a damaged tail and the next build rewrites the file without it.
+
+:func:`remeasure` times networks of a finished file again, later, into a second file, and
+:func:`test_retest` compares the two: the noise floor no predictor can beat.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import time
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..graph import ArchGraph
+
+SCHEMA = 1
+DEFAULT_MEASURE = {"threads": 1, "warmup": 5, "repeats": 30, "min_seconds": 1.0}
+
+
+class DatasetError(ValueError):
+    """A data set file that cannot be read or extended; the message says why."""
+
+
+# ------------------------------------------------------------------ reading
+def _read_lines(path: Path) -> tuple[list[dict], bool]:
+    """All complete records of a file, and whether its tail was damaged (then dropped)."""
+    if not path.exists():
+        return [], False
+    out: list[dict] = []
+    damaged = False
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                if not line.endswith("\n"):          # the last line of a cut-off member
+                    damaged = True
+                    break
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    damaged = True
+                    break
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        if not out and not isinstance(e, EOFError) and path.stat().st_size > 0:
+            raise DatasetError(f"{path} is not a gzip JSON-lines data set: {e}") from None
+        damaged = True
+    return out, damaged
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Every complete record of a data set file (a damaged last line is skipped with a warning)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"no latency data set at {path}")
+    records, damaged = _read_lines(path)
+    if damaged:
+        warnings.warn(f"{path}: the last line is incomplete (an interrupted build?); it was skipped")
+    for i, r in enumerate(records):
+        missing = [k for k in ("spec_id", "graph", "median_ms") if k not in r]
+        if missing:
+            raise DatasetError(f"{path} line {i + 1} is not a latency record: it lacks {missing}")
+    return records
+
+
+def record_graph(record: Mapping) -> ArchGraph:
+    return ArchGraph.from_dict(record["graph"])
+
+
+LATENCY_COLUMNS = ("median_ms", "min_ms", "p10_ms", "p25_ms", "mean_ms")
+
+
+def load_dataset(path: str | os.PathLike, families: Sequence[str] | None = None,
+                 platform_key: str | None = None, column: str = "median_ms"
+                 ) -> tuple[list[dict], list[ArchGraph], np.ndarray]:
+    """(records, graphs, latencies in ms) of a data set, optionally filtered.
+
+    ``column`` picks the statistic (the median by default; ``min_ms`` or ``p10_ms`` are steadier
+    on a busy machine, see assets/latency/README.md). ``platform_key`` keeps only measurements
+    taken on that platform; by default a file holding several platforms is refused, since their
+    latencies are not comparable.
+    """
+    if column not in LATENCY_COLUMNS:
+        raise DatasetError(f"unknown latency column {column!r}; use one of {', '.join(LATENCY_COLUMNS)}")
+    records = load_records(path)
+    if families is not None:
+        records = [r for r in records if r.get("family") in set(families)]
+    keys = sorted({r.get("platform_key", "?") for r in records})
+    if platform_key is not None:
+        records = [r for r in records if r.get("platform_key") == platform_key]
+    elif len(keys) > 1:
+        raise DatasetError(f"{path} mixes measurements from several platforms ({', '.join(keys)}); "
+                           "pass platform_key to pick one")
+    lacking = [r["spec_id"] for r in records if column not in r]
+    if lacking:
+        raise DatasetError(f"{len(lacking)} records of {path} have no {column} (older records); "
+                           "use median_ms, min_ms or mean_ms")
+    graphs = [record_graph(r) for r in records]
+    y = np.array([float(r[column]) for r in records], dtype=np.float64)
+    return records, graphs, y
+
+
+def _append(path: Path, record: Mapping) -> None:
+    line = json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
+    with gzip.open(path, "ab", compresslevel=9) as f:
+        f.write(line.encode("utf-8"))
+
+
+def _rewrite(path: Path, records: Iterable[Mapping]) -> None:
+    """Rewrite a file with the given records as one gzip stream (atomic replace)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wb", compresslevel=9) as f:
+        for r in records:
+            f.write((json.dumps(r, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8"))
+    os.replace(tmp, path)
+
+
+def _open_for_append(path: Path) -> list[dict]:
+    """Existing records of ``path``; a damaged tail is cut off first so appends stay readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records, damaged = _read_lines(path)
+    if damaged:
+        warnings.warn(f"{path}: dropping an incomplete last line left by an interrupted build")
+        _rewrite(path, records)
+    return records
+
+
+def compact(path: str | os.PathLike) -> dict:
+    """Rewrite a data set as one gzip stream (smaller than one member per line); same records."""
+    path = Path(path)
+    before = path.stat().st_size
+    records = load_records(path)
+    _rewrite(path, records)
+    return {"records": len(records), "bytes_before": before, "bytes_after": path.stat().st_size}
+
+
+# ------------------------------------------------------------------ one network
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def measure_spec(spec: Mapping, measure: Mapping | None = None) -> tuple[dict, ArchGraph]:
+    """Export, import and time one zoo spec -> (record, graph)."""
+    from ..features import static_features
+    from ..onnx_import import load_onnx
+    from . import zoo
+    from .measure import measure_onnx, platform_key
+
+    opts = {**DEFAULT_MEASURE, **(measure or {})}
+    t0 = time.perf_counter()
+    data = zoo.export_onnx(spec)
+    graph = load_onnx(data, max_bytes=None)
+    export_s = time.perf_counter() - t0
+    load = _load_avg()
+    m = measure_onnx(data, threads=int(opts["threads"]), warmup=int(opts["warmup"]),
+                     repeats=int(opts["repeats"]), min_seconds=float(opts["min_seconds"]),
+                     batch_size=int(spec.get("batch_size", 1)))
+    del data
+    gd = graph.to_dict()
+    record = {
+        "schema": SCHEMA, "spec_id": zoo.spec_id(spec), "family": spec["family"], "spec": dict(spec),
+        "description": zoo.describe(spec), "graph": gd, "graph_hash": graph.stable_hash(),
+        "n_nodes": len(graph), "static": static_features(graph),
+        "median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "std_ms": m.std_ms, "mean_ms": m.mean_ms,
+        "min_ms": m.min_ms, "p90_ms": m.p90_ms, "repeats": m.repeats, "platform": m.platform,
+        "platform_key": platform_key(m.platform), "measured_at": m.measured_at,
+        "p10_ms": float(np.percentile(m.samples_ms, 10)), "p25_ms": float(np.percentile(m.samples_ms, 25)),
+        # Every timed run, to the microsecond: any other statistic can be computed later.
+        "samples_ms": [round(x, 3) for x in m.samples_ms],
+        "load_avg": load, "export_s": round(export_s, 3),
+        "measure_options": {k: opts[k] for k in DEFAULT_MEASURE},
+    }
+    return record, graph
+
+
+def _store_in_db(db, record: Mapping, graph: ArchGraph, note: str | None = None) -> None:
+    h = db.add_graph(graph, family=record["family"], description=record.get("description"))
+    db.add_measurement(h, record["platform_key"], median_ms=record["median_ms"],
+                       std_ms=record["std_ms"], iqr_ms=record["iqr_ms"], repeats=record["repeats"],
+                       platform=record["platform"], measured_at=record["measured_at"],
+                       source="measured", note=note)
+
+
+def _this_platform_key(measure: Mapping | None) -> str:
+    from .measure import platform_info, platform_key
+
+    opts = {**DEFAULT_MEASURE, **(measure or {})}
+    return platform_key(platform_info(int(opts["threads"]), 1))
+
+
+def _check_platform(existing: Sequence[Mapping], measure: Mapping | None, path: Path,
+                    allow_mixed: bool) -> None:
+    here = _this_platform_key(measure)
+    other = sorted({r.get("platform_key") for r in existing} - {here})
+    if other and not allow_mixed:
+        raise DatasetError(
+            f"{path} holds measurements from {', '.join(map(str, other))}, and this machine is {here}: "
+            "latencies from different platforms do not mix. Write to another file, or pass "
+            "allow_mixed_platform (--allow-mixed-platform) if you really mean to.")
+
+
+# ------------------------------------------------------------------ the build
+def _pending_specs(k: int, seed: int, families: Sequence[str], present: set[str]) -> list[dict]:
+    """The next ``k`` specs of the seeded round-robin sequence that are not in ``present``."""
+    from . import zoo
+
+    if k <= 0:
+        return []
+    m = len(present) + k
+    while True:
+        specs = zoo.sample_specs(m, seed, families)
+        todo = [s for s in specs if zoo.spec_id(s) not in present]
+        if len(todo) >= k:
+            return todo[:k]
+        m = int(m * 1.5) + len(families)
+
+
+def build_dataset(out: str | os.PathLike, n: int | None = None, *, extend: int = 0, seed: int = 0,
+                  families: Sequence[str] | None = None, db: str | os.PathLike | None = None,
+                  measure: Mapping | None = None, progress: bool = True,
+                  allow_mixed_platform: bool = False, max_failures: int = 20,
+                  on_record: Callable[[dict], None] | None = None,
+                  specs: Sequence[Mapping] | None = None) -> dict:
+    """Grow the data set at ``out``: up to ``n`` networks in all, or ``extend`` new ones.
+
+    ``specs`` replaces the seeded zoo draw (tests use tiny hand-made specs). Networks whose
+    export or timing fails are skipped and counted (the build stops after ``max_failures``).
+    Returns a summary: counts, seconds, failures.
+    """
+    from . import zoo
+
+    out = Path(out)
+    families = tuple(families or zoo.FAMILIES)
+    if n is None and not extend and specs is None:
+        raise DatasetError("say how many networks: n (total) or extend (new ones)")
+    if n is not None and n < 0 or extend < 0:
+        raise DatasetError("n and extend cannot be negative")
+    existing = _open_for_append(out)
+    _check_platform(existing, measure, out, allow_mixed_platform)
+    present = {r["spec_id"] for r in existing}
+    if specs is not None:
+        todo = [dict(s) for s in specs if zoo.spec_id(s) not in present]
+        todo = todo[:extend] if extend else todo
+    else:
+        k = extend if extend else max(0, int(n) - len(existing))
+        todo = _pending_specs(k, seed, families, present)
+
+    database = None
+    if db is not None:
+        from .db import LatencyDB
+        database = LatencyDB(db)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc=f"measure -> {out.name}", unit="net", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    added, failures = 0, []
+    try:
+        for spec in todo:
+            try:
+                record, graph = measure_spec(spec, measure)
+            except (ValueError, RuntimeError, MemoryError) as e:
+                failures.append({"spec_id": zoo.spec_id(spec), "family": spec.get("family"),
+                                 "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                if bar:
+                    bar.write(f"skipped {zoo.spec_id(spec)} ({spec.get('family')}): {failures[-1]['error']}")
+                if len(failures) >= max_failures:
+                    raise DatasetError(f"{len(failures)} networks failed; stopping. Last: "
+                                       f"{failures[-1]['error']}") from None
+                continue
+            _append(out, record)
+            present.add(record["spec_id"])
+            if database is not None:
+                _store_in_db(database, record, graph, note=f"dataset {out.name}")
+            added += 1
+            if on_record:
+                on_record(record)
+            if bar:
+                bar.set_postfix_str(f"{record['family'][:12]} {record['median_ms']:.2f} ms, "
+                                    f"load {record['load_avg']}")
+                bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+        if database is not None:
+            database.close()
+    return {"path": str(out), "added": added, "total": len(existing) + added,
+            "seconds": round(time.perf_counter() - t0, 1), "failures": failures}
+
+
+# ------------------------------------------------------------------ test-retest
+def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
+              measure: Mapping | None = None, progress: bool = True, db=None) -> dict:
+    """Time the first ``k`` networks of ``source`` again (a later run) into ``out``.
+
+    The networks are rebuilt from their specs (the export is deterministic) and their graph hash
+    is checked against the first measurement. Resumable like the build. ``source`` is laid out
+    round robin over the families, so its first ``k`` lines cover them evenly.
+    """
+    from . import zoo
+
+    source, out = Path(source), Path(out)
+    first = load_records(source)
+    if k > len(first):
+        warnings.warn(f"{source} has only {len(first)} networks; re-measuring all of them")
+    done = {r["spec_id"] for r in _open_for_append(out)}
+    todo = [r for r in first[:k] if r["spec_id"] not in done]
+    database = None
+    if db is not None:
+        from .db import LatencyDB
+        database = LatencyDB(db)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc=f"re-measure -> {out.name}", unit="net", dynamic_ncols=True)
+    t0, added, mismatched = time.perf_counter(), 0, 0
+    try:
+        for r0 in todo:
+            record, graph = measure_spec(r0["spec"], measure)
+            if record["spec_id"] != r0["spec_id"]:
+                raise DatasetError(f"spec {r0['spec_id']} re-hashes to {record['spec_id']}: "
+                                   "the zoo's spec format changed since the first measurement")
+            same = record["graph_hash"] == r0.get("graph_hash")
+            mismatched += not same
+            record.update({"first_median_ms": r0["median_ms"], "first_measured_at": r0.get("measured_at"),
+                           "first_platform_key": r0.get("platform_key"), "same_graph": same})
+            _append(out, record)
+            if database is not None:
+                _store_in_db(database, record, graph, note=f"re-measurement {out.name}")
+            added += 1
+            if bar:
+                bar.set_postfix_str(f"{r0['median_ms']:.2f} -> {record['median_ms']:.2f} ms")
+                bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+        if database is not None:
+            database.close()
+    return {"path": str(out), "added": added, "seconds": round(time.perf_counter() - t0, 1),
+            "graph_mismatches": mismatched, **test_retest(source, out)}
+
+
+def test_retest(first: str | os.PathLike, second: str | os.PathLike, column: str = "median_ms") -> dict:
+    """How far two measurements of the same networks disagree: the floor for any predictor.
+
+    MAPE and Acc(10%) take the first measurement as the truth and the second as the
+    "prediction", exactly as a predictor is scored; per family as well.
+    """
+    from ..metrics import acc_within, kendall_tau, mape
+
+    a = {r["spec_id"]: r for r in load_records(first)}
+    pairs = [(a[r["spec_id"]], r) for r in load_records(second)
+             if r["spec_id"] in a and column in r and column in a[r["spec_id"]]]
+    if not pairs:
+        return {"n": 0, "column": column}
+    t = np.array([p[0][column] for p in pairs])
+    s = np.array([p[1][column] for p in pairs])
+    fam = np.array([str(p[0].get("family", "?")) for p in pairs])
+    out: dict[str, Any] = {
+        "column": column, "n": len(pairs), "mape": round(mape(s, t), 3), "acc10": round(acc_within(s, t), 2),
+        "kendall_tau": round(kendall_tau(s, t), 4),
+        "median_ape": round(float(np.median(np.abs(s - t) / t) * 100), 3),
+        "mean_ratio_second_over_first": round(float(np.mean(s / t)), 4),
+        "platforms": sorted({p[0].get("platform_key", "?") for p in pairs} |
+                            {p[1].get("platform_key", "?") for p in pairs}),
+        "per_family": {},
+    }
+    for f in sorted(set(fam.tolist())):
+        m = fam == f
+        out["per_family"][str(f)] = {"n": int(m.sum()), "mape": round(mape(s[m], t[m]), 3),
+                                "acc10": round(acc_within(s[m], t[m]), 2)}
+    return out
+
+
+def summarize(path: str | os.PathLike) -> dict:
+    """Counts and latency range per family; the platform(s) and measurement dates."""
+    records = load_records(path)
+    fams: dict[str, list[float]] = {}
+    for r in records:
+        fams.setdefault(r.get("family", "?"), []).append(float(r["median_ms"]))
+    rel_iqr = [r["iqr_ms"] / r["median_ms"] for r in records if r.get("median_ms")]
+    dates = sorted(r.get("measured_at", "") for r in records)
+    return {
+        "path": str(path), "records": len(records), "bytes": Path(path).stat().st_size,
+        "platforms": sorted({r.get("platform_key", "?") for r in records}),
+        "measured_from": dates[0] if dates else None, "measured_to": dates[-1] if dates else None,
+        "median_relative_iqr_pct": round(float(np.median(rel_iqr)) * 100, 2) if rel_iqr else math.nan,
+        "families": {f: {"n": len(v), "min_ms": round(min(v), 3), "median_ms": round(float(np.median(v)), 3),
+                         "max_ms": round(max(v), 3)} for f, v in sorted(fams.items())},
+    }

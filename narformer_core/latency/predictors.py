@@ -1,0 +1,559 @@
+"""Three latency predictors for whole networks behind one interface.
+
+    p = make_predictor("narformer" | "flops" | "nnlp", **options)
+    p.fit(graphs, latencies_ms, val=(val_graphs, val_ms) or None, seed=0)
+    p.predict(graphs) -> np.ndarray of ms
+    p.save(path); load_predictor(path)
+
+* ``NARFormerLatency``: NAR-Former with the latency head. 480-value node tokens
+  (``network_tokenizer.tokenize_network``), the encoded static features (batch, FLOPs, params,
+  memory access) concatenated before the MLP head. Trained by ``train_latency.train_token_model``
+  (AdamW, warm-up + decay, EMA, selection on validation MAPE). Options measured on the data set
+  and documented in assets/latency/README.md: the target (``log`` ms, the paper's ``ms``, or a
+  ``residual`` over the FLOPs regression) and ``static_raw``, which also hands the head the four
+  standardised log features. Why that matters: E_16 codes each feature with frequencies 1 .. 2^15
+  on log10 scale, every one of them periodic within the range of the data, so the sin/cos code
+  tells networks apart but gives the head no monotone "more FLOPs" direction to extrapolate on.
+* ``FlopsRegression``: ridge regression of log latency on a degree-2 polynomial of the log
+  static features (the classic "latency from FLOPs" proxy, with params and memory access).
+* ``NNLPGraphNet``: an NNLP-style graph network in plain torch: node features = op one-hot +
+  operator attributes + output shape, two SAGE layers of width 512 (own features and the mean of
+  the neighbours', both edge directions), sum pooling, the four static features concatenated,
+  MLP head, log-latency target.
+
+Checkpoints hold only tensors and plain containers (``torch.save``; ``torch.load`` with
+``weights_only=True``), so loading one never runs code from the file.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..graph import ArchGraph, GraphError
+from ..metrics import mape
+
+CKPT_FORMAT = "narformer-latency-1"
+KINDS = ("narformer", "flops", "nnlp")
+
+
+class LatencyCheckpointError(ValueError):
+    """A file that is not a usable latency predictor checkpoint; the message says why."""
+
+
+# ------------------------------------------------------------------ per-graph features (cached)
+_CACHE: dict[tuple, object] = {}
+_CACHE_MAX = 20000
+
+
+def _cached(kind: str, graph: ArchGraph, make):
+    key = (kind, graph.stable_hash())
+    v = _CACHE.get(key)
+    if v is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        v = _CACHE[key] = make(graph)
+    return v
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def _check_graphs(graphs) -> list[ArchGraph]:
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError("no networks given")
+    for g in graphs:
+        if not isinstance(g, ArchGraph):
+            raise GraphError(f"latency predictors take ArchGraphs, got {type(g).__name__}")
+    return graphs
+
+
+def static_log_features(graphs: Sequence[ArchGraph]) -> np.ndarray:
+    """(N, 4) log1p of batch size, FLOPs (MACs), parameters, memory access."""
+    from ..features import static_features
+    from ..network_tokenizer import STATIC_KEYS
+
+    def make(g):
+        s = static_features(g)
+        return np.log1p(np.array([float(s[k]) for k in STATIC_KEYS]))
+
+    return np.stack([_cached("static", g, make) for g in graphs])
+
+
+def _network_tokens(g: ArchGraph):
+    from ..network_tokenizer import tokenize_network
+
+    tk = tokenize_network(g)
+    return tk.depth, tk.nodes.astype(np.float16), tk.static
+
+
+def _check_ms(y, n: int) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(y) != n:
+        raise ValueError(f"{len(y)} latencies for {n} networks")
+    if np.any(~np.isfinite(y)) or np.any(y <= 0):
+        raise ValueError("latencies must be positive, finite numbers of milliseconds")
+    return y
+
+
+def _split_val(n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed + 7919).permutation(n)
+    k = max(1, int(round(fraction * n)))
+    if n - k < 2:
+        raise ValueError(f"{n} networks are too few to hold out a validation set")
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+# ------------------------------------------------------------------ the interface
+class LatencyPredictor:
+    name = "predictor"
+    kind = ""
+
+    def __init__(self):
+        self.meta: dict = {}
+
+    def fit(self, graphs: Sequence[ArchGraph], latencies_ms, val=None, seed: int = 0,
+            progress: bool = False) -> "LatencyPredictor":
+        raise NotImplementedError
+
+    def predict(self, graphs: Sequence[ArchGraph]) -> np.ndarray:
+        raise NotImplementedError
+
+    # checkpoint state: plain containers and tensors only
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _load_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"format": CKPT_FORMAT, "kind": self.kind, "meta": _plain(self.meta),
+                    **self._state()}, tmp)
+        tmp.replace(path)
+        return path
+
+    def _prepare_val(self, graphs, y, val, seed):
+        """(train graphs, train ms, val graphs, val ms): ``val`` or 10% held out of the training set."""
+        if val is not None:
+            vg, vy = val
+            vg = _check_graphs(vg)
+            return graphs, y, vg, _check_ms(vy, len(vg))
+        tr, va = _split_val(len(graphs), seed)
+        return [graphs[i] for i in tr], y[tr], [graphs[i] for i in va], y[va]
+
+
+def _plain(obj):
+    """Meta data as JSON-like containers (weights_only loading accepts nothing else)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+# ------------------------------------------------------------------ (b) FLOPs regression
+def _poly2(x: np.ndarray) -> np.ndarray:
+    """[x, x_i * x_j for i <= j]: curvature and interactions of the log features."""
+    n, d = x.shape
+    cols = [x] + [(x[:, i] * x[:, j])[:, None] for i in range(d) for j in range(i, d)]
+    return np.concatenate(cols, axis=1)
+
+
+class FlopsRegression(LatencyPredictor):
+    """Ridge regression of log(ms) on poly2(standardised log batch, FLOPs, params, memory access)."""
+
+    name = "FLOPs regression"
+    kind = "flops"
+
+    def __init__(self, alpha: float = 1.0, degree: int = 2):
+        super().__init__()
+        if degree not in (1, 2):
+            raise ValueError("degree must be 1 or 2")
+        self.alpha, self.degree = float(alpha), int(degree)
+        self.mu = self.sd = self.coef = None
+        self.intercept = 0.0
+
+    def _design(self, graphs) -> np.ndarray:
+        x = (static_log_features(graphs) - self.mu) / self.sd
+        return _poly2(x) if self.degree == 2 else x
+
+    def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
+        graphs = _check_graphs(graphs)
+        y = np.log(_check_ms(latencies_ms, len(graphs)))
+        x = static_log_features(graphs)
+        self.mu, self.sd = x.mean(0), np.where(x.std(0) > 1e-9, x.std(0), 1.0)
+        a = self._design(graphs)
+        am, ym = a.mean(0), y.mean()
+        ac = a - am
+        # Closed-form ridge on centred data (intercept unpenalised).
+        self.coef = np.linalg.solve(ac.T @ ac + self.alpha * np.eye(a.shape[1]), ac.T @ (y - ym))
+        self.intercept = float(ym - am @ self.coef)
+        return self
+
+    def predict_log(self, graphs) -> np.ndarray:
+        if self.coef is None:
+            raise ValueError("the FLOPs regression is not fitted")
+        return self._design(_check_graphs(graphs)) @ self.coef + self.intercept
+
+    def predict(self, graphs) -> np.ndarray:
+        return np.exp(self.predict_log(graphs))
+
+    def _state(self):
+        return {"config": {"alpha": self.alpha, "degree": self.degree},
+                "arrays": {k: torch.from_numpy(np.asarray(getattr(self, k), dtype=np.float64))
+                           for k in ("mu", "sd", "coef")}, "intercept": self.intercept}
+
+    def _load_state(self, st):
+        self.alpha, self.degree = st["config"]["alpha"], st["config"]["degree"]
+        for k, v in st["arrays"].items():
+            setattr(self, k, v.numpy())
+        self.intercept = float(st["intercept"])
+
+
+# ------------------------------------------------------------------ (a) NAR-Former
+NETWORK_MODEL = {"d_model": 128, "n_heads": 4, "ffn_dim": 512, "depths": (2, 1, 1, 1),
+                 "queries": (4, 2, 1), "dropout": 0.05, "head_hidden": 256}
+NETWORK_TRAIN = {"epochs": 150, "batch_size": 32, "lr": 5e-4, "target": "log", "eval_every": 2}
+
+
+class NARFormerLatency(LatencyPredictor):
+    name = "NAR-Former"
+    kind = "narformer"
+
+    def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
+                 device: str = "cpu"):
+        super().__init__()
+        self.model_overrides = {**NETWORK_MODEL, **(model or {})}
+        self.train_overrides = {**NETWORK_TRAIN, **(train or {})}
+        self.static_raw, self.device = bool(static_raw), device
+        self.net = None
+        self.target = None
+        self.static_mu = self.static_sd = None
+        self.offset_model: FlopsRegression | None = None
+        self.summary: dict = {}
+
+    def model_config(self):
+        from ..model import NARFormerConfig
+        from ..network_tokenizer import NETWORK_DEPTH_DIM, NETWORK_TOKEN_DIM, STATIC_DIM
+
+        extra = 4 if self.static_raw else 0
+        return NARFormerConfig(**{**self.model_overrides, "token_dim": NETWORK_TOKEN_DIM,
+                                  "depth_dim": NETWORK_DEPTH_DIM, "head": "latency",
+                                  "static_dim": STATIC_DIM + extra})
+
+    def _tokens(self, graphs):
+        from .train_latency import TokenSet
+
+        parts = [_cached("tokens", g, _network_tokens) for g in graphs]
+        static = np.stack([p[2] for p in parts])
+        if self.static_raw:
+            raw = (static_log_features(graphs) - self.static_mu) / self.static_sd
+            static = np.concatenate([static, raw.astype(np.float32)], axis=1)
+        return TokenSet(np.stack([p[0] for p in parts]), [p[1] for p in parts], static)
+
+    def _offsets(self, graphs):
+        return None if self.offset_model is None else self.offset_model.predict_log(graphs)
+
+    def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
+        from .train_latency import LatencyTrainConfig, train_token_model
+
+        graphs = _check_graphs(graphs)
+        y = _check_ms(latencies_ms, len(graphs))
+        tg, ty, vg, vy = self._prepare_val(graphs, y, val, seed)
+        x = static_log_features(tg)
+        self.static_mu, self.static_sd = x.mean(0), np.where(x.std(0) > 1e-9, x.std(0), 1.0)
+        cfg = LatencyTrainConfig(**{**self.train_overrides, "seed": seed, "device": self.device})
+        self.offset_model = FlopsRegression().fit(tg, ty) if cfg.target == "residual" else None
+        self.net, self.target, self.summary = train_token_model(
+            self.model_config(), self._tokens(tg), ty, self._tokens(vg), vy, cfg,
+            offset_train=self._offsets(tg), offset_val=self._offsets(vg), progress=progress,
+            desc="NAR-Former latency")
+        self.meta.update({"n_train": len(tg), "n_val": len(vg), "val_mape": self.summary["val_mape"],
+                          "selected": self.summary["selected"], "selected_epoch": self.summary["selected_epoch"],
+                          "train_seconds": self.summary["train_seconds"]})
+        return self
+
+    def predict(self, graphs):
+        from .train_latency import predict_raw
+
+        if self.net is None:
+            raise ValueError("the NAR-Former latency predictor is not fitted")
+        graphs = _check_graphs(graphs)
+        raw = predict_raw(self.net, self._tokens(graphs), self.device)
+        return self.target.inverse(raw, self._offsets(graphs))
+
+    def _state(self):
+        return {"config": {"model": _plain(self.model_config().to_dict()),
+                           "model_overrides": _plain(self.model_overrides),
+                           "train": _plain(self.train_overrides), "static_raw": self.static_raw},
+                "state_dict": self.net.state_dict(), "target": self.target.state(),
+                "arrays": {"static_mu": torch.from_numpy(self.static_mu), "static_sd": torch.from_numpy(self.static_sd)},
+                "offset": None if self.offset_model is None else self.offset_model._state()}
+
+    def _load_state(self, st):
+        from ..model import NARFormer, NARFormerConfig
+
+        c = st["config"]
+        self.model_overrides, self.train_overrides = c["model_overrides"], c["train"]
+        self.static_raw = c["static_raw"]
+        self.net = NARFormer(NARFormerConfig(**c["model"]))
+        self.net.load_state_dict(st["state_dict"])
+        self.net.eval()
+        from .train_latency import LatencyTarget
+        self.target = LatencyTarget.from_state(st["target"])
+        self.static_mu, self.static_sd = st["arrays"]["static_mu"].numpy(), st["arrays"]["static_sd"].numpy()
+        if st.get("offset"):
+            self.offset_model = FlopsRegression()
+            self.offset_model._load_state(st["offset"])
+
+
+# ------------------------------------------------------------------ (c) NNLP-style GNN
+_ATTR_SLOTS = (3, 4, 5, 6, 7, 8, 9, 10)   # kernel, stride, padding, dilation, groups, bias, perm, out pad
+_SHAPE_SLOTS = (11, 12, 13, 14)
+
+
+def gnn_node_features(g: ArchGraph) -> tuple[np.ndarray, np.ndarray]:
+    """(node features (n, F) float32, undirected edges (2, E) int64) of one network.
+
+    Features: op one-hot over the token vocabulary; the 8 attribute numbers of the token slots
+    (groups and perm on a log scale) each with a "present" flag; log1p of the 4 output-shape
+    numbers, each with a flag. Unstandardised: the model standardises the numeric part.
+    """
+    from ..network_tokenizer import OP_TYPES, slot_values
+
+    v = slot_values(g)                                 # (n, 15), NaN = empty slot
+    n = len(g)
+    onehot = np.zeros((n, len(OP_TYPES)), dtype=np.float32)
+    onehot[np.arange(n), v[:, 0].astype(np.int64)] = 1.0
+    attrs = v[:, _ATTR_SLOTS].copy()
+    attrs[:, 4] = np.log1p(np.abs(attrs[:, 4]))        # groups run to 1000s (depthwise)
+    attrs[:, 6] = np.log1p(np.abs(attrs[:, 6]))
+    shape = np.log1p(np.abs(v[:, _SHAPE_SLOTS]))
+    num = np.concatenate([attrs, shape], axis=1)
+    flags = (~np.isnan(num)).astype(np.float32)
+    num = np.nan_to_num(num, nan=0.0).astype(np.float32)
+    src = [j for i, node in enumerate(g.nodes) for j in set(node.inputs)]
+    dst = [i for i, node in enumerate(g.nodes) for _ in set(node.inputs)]
+    edges = np.array([src + dst, dst + src], dtype=np.int64).reshape(2, -1)
+    return np.concatenate([onehot, num, flags], axis=1), edges
+
+
+class _SAGE(nn.Module):
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.self_lin = nn.Linear(d_in, d_out)
+        self.nb_lin = nn.Linear(d_in, d_out, bias=False)
+
+    def forward(self, h, edges, deg):
+        agg = torch.zeros_like(h).index_add_(0, edges[1], h[edges[0]]) / deg[:, None]
+        return F.relu(self.self_lin(h) + self.nb_lin(agg))
+
+
+class GraphNet(nn.Module):
+    def __init__(self, n_feat: int, n_num: int, width: int = 512, layers: int = 2, static_dim: int = 4,
+                 head_hidden: int = 256, dropout: float = 0.05):
+        super().__init__()
+        self.n_num = n_num
+        self.register_buffer("num_mu", torch.zeros(n_num))
+        self.register_buffer("num_sd", torch.ones(n_num))
+        dims = [n_feat] + [width] * layers
+        self.convs = nn.ModuleList(_SAGE(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = nn.Sequential(nn.Linear(width + static_dim, head_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(head_hidden, head_hidden // 2), nn.ReLU(),
+                                  nn.Linear(head_hidden // 2, 1))
+
+    def forward(self, x, edges, graph_of, n_graphs, static):
+        k0 = x.shape[1] - 2 * self.n_num
+        x = torch.cat([x[:, :k0], (x[:, k0:k0 + self.n_num] - self.num_mu) / self.num_sd,
+                       x[:, k0 + self.n_num:]], dim=1)
+        deg = torch.zeros(x.shape[0], device=x.device).index_add_(
+            0, edges[1], torch.ones(edges.shape[1], device=x.device)).clamp_min(1.0)
+        h = x
+        for conv in self.convs:
+            h = conv(h, edges, deg)
+        # Sum pooling, scaled by a constant so that 300-node sums start at a sane size.
+        pooled = torch.zeros(n_graphs, h.shape[1], device=h.device).index_add_(0, graph_of, h) / 64.0
+        return self.head(torch.cat([pooled, static], dim=1)).squeeze(-1)
+
+
+NNLP_DEFAULTS = {"width": 512, "layers": 2, "head_hidden": 256, "dropout": 0.05, "epochs": 150,
+                 "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "ema_decay": 0.99, "warmup": 0.05,
+                 "eval_every": 2, "threads": 1}
+
+
+class NNLPGraphNet(LatencyPredictor):
+    name = "NNLP GNN"
+    kind = "nnlp"
+
+    def __init__(self, **options):
+        super().__init__()
+        unknown = set(options) - set(NNLP_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown NNLP options {sorted(unknown)}; known: {sorted(NNLP_DEFAULTS)}")
+        self.opt = {**NNLP_DEFAULTS, **options}
+        self.net: GraphNet | None = None
+        self.static_mu = self.static_sd = None
+        self.y_mu, self.y_sd = 0.0, 1.0
+        self.summary: dict = {}
+
+    def _batch(self, graphs):
+        parts = [_cached("gnn", g, gnn_node_features) for g in graphs]
+        offs = np.cumsum([0] + [len(p[0]) for p in parts])
+        x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        edges = torch.from_numpy(np.concatenate([p[1] + o for p, o in zip(parts, offs[:-1])], axis=1))
+        graph_of = torch.from_numpy(np.repeat(np.arange(len(parts)), np.diff(offs)))
+        static = torch.from_numpy(((static_log_features(graphs) - self.static_mu) / self.static_sd).astype(np.float32))
+        return x, edges, graph_of, len(parts), static
+
+    def _predict_z(self, net, graphs, batch=64) -> np.ndarray:
+        net.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(graphs), batch):
+                out.append(net(*self._batch(graphs[i:i + batch])).double().numpy())
+        return np.concatenate(out)
+
+    def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
+        from ..train import ema_update, lr_factor, param_groups
+
+        graphs = _check_graphs(graphs)
+        y = _check_ms(latencies_ms, len(graphs))
+        tg, ty, vg, vy = self._prepare_val(graphs, y, val, seed)
+        o = self.opt
+        if o["threads"]:
+            torch.set_num_threads(int(o["threads"]))
+        s = static_log_features(tg)
+        self.static_mu, self.static_sd = s.mean(0), np.where(s.std(0) > 1e-9, s.std(0), 1.0)
+        z = np.log(ty)
+        self.y_mu, self.y_sd = float(z.mean()), float(max(z.std(), 1e-6))
+        feats = np.concatenate([_cached("gnn", g, gnn_node_features)[0] for g in tg])
+        from ..network_tokenizer import OP_TYPES
+        n_num = (feats.shape[1] - len(OP_TYPES)) // 2
+        num = feats[:, len(OP_TYPES):len(OP_TYPES) + n_num]
+        torch.manual_seed(seed)
+        net = GraphNet(feats.shape[1], n_num, o["width"], o["layers"], 4, o["head_hidden"], o["dropout"])
+        net.num_mu.copy_(torch.from_numpy(num.mean(0)))
+        net.num_sd.copy_(torch.from_numpy(np.where(num.std(0) > 1e-6, num.std(0), 1.0)))
+        ema = copy.deepcopy(net).requires_grad_(False)
+        opt = torch.optim.AdamW(param_groups(net, o["weight_decay"]), lr=o["lr"])
+        yt = torch.from_numpy(((z - self.y_mu) / self.y_sd).astype(np.float32))
+        rng = np.random.default_rng(seed)
+        steps_per_epoch = math.ceil(len(tg) / o["batch_size"])
+        total, step = steps_per_epoch * o["epochs"], 0
+        best = {"mape": math.inf}
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=o["epochs"], desc="NNLP GNN", unit="ep", dynamic_ncols=True, leave=False)
+        for epoch in range(o["epochs"]):
+            net.train()
+            perm = rng.permutation(len(tg))
+            for b in range(steps_per_epoch):
+                bi = perm[b * o["batch_size"]:(b + 1) * o["batch_size"]]
+                pred = net(*self._batch([tg[i] for i in bi]))
+                loss = F.mse_loss(pred, yt[torch.from_numpy(bi)])
+                for g in opt.param_groups:
+                    g["lr"] = o["lr"] * lr_factor(step, total, o["warmup"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                ema_update(ema, net, o["ema_decay"])
+                step += 1
+            if (epoch + 1) % o["eval_every"] == 0 or epoch == o["epochs"] - 1:
+                for which, m in (("raw", net), ("ema", ema)):
+                    err = mape(np.exp(self._predict_z(m, vg) * self.y_sd + self.y_mu), vy)
+                    if err < best["mape"]:
+                        best = {"mape": err, "epoch": epoch + 1, "which": which,
+                                "state": {k: v.detach().clone() for k, v in m.state_dict().items()}}
+                if bar:
+                    bar.set_postfix(val=f"{best['mape']:.2f}%")
+            if bar:
+                bar.update(1)
+        if bar:
+            bar.close()
+        net.load_state_dict(best["state"])
+        self.net = net.eval()
+        self.n_feat, self.n_num = feats.shape[1], n_num
+        self.summary = {"val_mape": best["mape"], "selected": best["which"], "selected_epoch": best["epoch"],
+                        "train_seconds": round(time.perf_counter() - t0, 1)}
+        self.meta.update({"n_train": len(tg), "n_val": len(vg), **self.summary})
+        return self
+
+    def predict(self, graphs):
+        if self.net is None:
+            raise ValueError("the NNLP graph network is not fitted")
+        graphs = _check_graphs(graphs)
+        return np.exp(np.clip(self._predict_z(self.net, graphs) * self.y_sd + self.y_mu, -30, 30))
+
+    def _state(self):
+        return {"config": {"options": dict(self.opt), "n_feat": self.n_feat, "n_num": self.n_num},
+                "state_dict": self.net.state_dict(), "target": {"mu": self.y_mu, "sd": self.y_sd},
+                "arrays": {"static_mu": torch.from_numpy(self.static_mu),
+                           "static_sd": torch.from_numpy(self.static_sd)}}
+
+    def _load_state(self, st):
+        c = st["config"]
+        self.opt = {**NNLP_DEFAULTS, **c["options"]}
+        self.n_feat, self.n_num = c["n_feat"], c["n_num"]
+        self.net = GraphNet(self.n_feat, self.n_num, self.opt["width"], self.opt["layers"], 4,
+                            self.opt["head_hidden"], self.opt["dropout"])
+        self.net.load_state_dict(st["state_dict"])
+        self.net.eval()
+        self.y_mu, self.y_sd = st["target"]["mu"], st["target"]["sd"]
+        self.static_mu, self.static_sd = st["arrays"]["static_mu"].numpy(), st["arrays"]["static_sd"].numpy()
+
+
+# ------------------------------------------------------------------ factory and loading
+_CLASSES = {"narformer": NARFormerLatency, "flops": FlopsRegression, "nnlp": NNLPGraphNet}
+
+
+def make_predictor(kind: str, **options) -> LatencyPredictor:
+    if kind not in _CLASSES:
+        raise ValueError(f"unknown latency predictor {kind!r}; use one of {', '.join(KINDS)}")
+    return _CLASSES[kind](**options)
+
+
+def load_predictor(path) -> LatencyPredictor:
+    """A saved predictor of any kind (``weights_only=True``: no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatencyCheckpointError(f"no latency checkpoint at {path}")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or a pickle with code in it
+        raise LatencyCheckpointError(f"{path.name} is not a loadable checkpoint: "
+                                     f"{type(e).__name__}: {str(e)[:200]}") from None
+    if not isinstance(st, dict) or st.get("format") != CKPT_FORMAT or st.get("kind") not in _CLASSES:
+        raise LatencyCheckpointError(f"{path.name} is not a latency predictor checkpoint "
+                                     f"(expected format {CKPT_FORMAT})")
+    p = _CLASSES[st["kind"]].__new__(_CLASSES[st["kind"]])
+    LatencyPredictor.__init__(p)
+    p.summary = {}
+    if st["kind"] == "narformer":
+        p.device, p.offset_model = "cpu", None
+    try:
+        p._load_state(st)
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise LatencyCheckpointError(f"{path.name} does not match the {st['kind']} predictor: "
+                                     f"{str(e)[:300]}") from None
+    p.meta = dict(st.get("meta") or {})
+    return p

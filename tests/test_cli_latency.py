@@ -1,0 +1,150 @@
+"""Latency commands, in process: predict-latency, measure, latency build-dataset / train, bench latency."""
+import gzip
+import io
+import json
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from narformer_core.cli import main
+from narformer_core.cli_latency import DEFAULT_CHECKPOINT
+
+
+def conv_onnx(channels: int = 8, size: int = 16, layers: int = 2) -> bytes:
+    rng = np.random.default_rng(channels * 100 + size + layers)
+    nodes, inits, x, c = [], [], "x", 3
+    for i in range(layers):
+        w = (rng.standard_normal((channels, c, 3, 3)) * 0.1).astype(np.float32)
+        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, w.shape, w.ravel().tolist()))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
+        x, c = f"r{i}", channels
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, size, size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    p = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    p.write_bytes(conv_onnx())
+    return p
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """24 real networks (3 'families' of conv stacks), measured, written as data set records."""
+    from narformer_core.latency import dataset as ds
+    from narformer_core.latency.measure import measure_onnx, platform_key
+    from narformer_core.features import static_features
+    from narformer_core.onnx_import import load_onnx
+
+    path = tmp_path_factory.mktemp("set") / "tiny.jsonl.gz"
+    for fam, layers in (("one", 1), ("two", 2), ("three", 3)):
+        for ch in (4, 8, 16, 24):
+            for size in (16, 32):
+                data = conv_onnx(ch, size, layers)
+                g = load_onnx(data)
+                m = measure_onnx(data, warmup=1, repeats=7)
+                ds._append(path, {"spec_id": f"{fam}-{ch}-{size}", "family": fam, "graph": g.to_dict(),
+                                  "graph_hash": g.stable_hash(), "static": static_features(g),
+                                  "median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "std_ms": m.std_ms,
+                                  "repeats": m.repeats, "platform": m.platform,
+                                  "platform_key": platform_key(m.platform), "measured_at": m.measured_at})
+    return path
+
+
+def test_measure_prints_json_and_stores(capsys, tiny_onnx, tmp_path):
+    db = tmp_path / "lat.sqlite"
+    code, out, err = run(capsys, "measure", tiny_onnx, "--json", "--repeats", 5, "--warmup", 1,
+                         "--min-seconds", 0, "--db", db)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["latency_ms"] > 0 and d["repeats"] >= 5 and d["platform"]["threads"] == 1
+    # MACs of the two convs plus one op per ReLU output element
+    assert d["static"]["flops"] == 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 8 * 9 + 2 * 16 * 16 * 8
+    from narformer_core.latency.db import LatencyDB
+    with LatencyDB(db) as database:
+        rec = database.get(d["graph_hash"], d["platform_key"])
+    assert rec is not None and rec.median_ms == pytest.approx(d["median_ms"])
+
+
+def test_train_then_predict_latency(capsys, tiny_dataset, tiny_onnx, tmp_path):
+    ckpt = tmp_path / "nar.pt"
+    code, out, err = run(capsys, "latency", "train", "--dataset", tiny_dataset, "--out", ckpt, "--epochs", 4,
+                         "--model-json", '{"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]}',
+                         "--quiet", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n_train"] + json.loads(out)["n_val"] == 24
+    code, out, err = run(capsys, "predict-latency", tiny_onnx, "--checkpoint", ckpt, "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["latency_ms"] > 0 and d["predictor"] == "NAR-Former"
+    assert set(d["static"]) == {"batch_size", "flops", "params", "memory_access"}
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no shipped latency checkpoint")
+def test_shipped_checkpoint_predicts(capsys, tiny_onnx):
+    code, out, err = run(capsys, "predict-latency", tiny_onnx, "--json")
+    assert code == 0, err
+    assert json.loads(out)["latency_ms"] > 0
+
+
+def test_bad_files_exit_2(capsys, tmp_path, tiny_onnx):
+    text = tmp_path / "notes.onnx"
+    text.write_text("hello, this is not a model\n")
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(tiny_onnx.read_bytes()[:200])
+    for cmd in ("predict-latency", "measure"):
+        for bad in (text, cut, tmp_path / "missing.onnx"):
+            code, out, err = run(capsys, cmd, bad, "--json")
+            assert code == 2, (cmd, bad, out)
+            assert err.startswith("error:") and len(err.strip().splitlines()) == 1 and out == ""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    code, _, err = run(capsys, "predict-latency", tiny_onnx, "--checkpoint", junk)
+    assert code == 2 and "not a loadable" in err
+
+
+def test_bench_latency_table(capsys, tiny_dataset, tmp_path):
+    out_json = tmp_path / "bench.json"
+    code, out, err = run(capsys, "bench", "latency", "--dataset", tiny_dataset, "--predictors", "flops",
+                         "--quiet", "--out", out_json)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "LOFO FLOPs regression" in lines[1] and lines[-1].startswith("average")
+    assert {ln.split()[0] for ln in lines[3:-1]} == {"one", "two", "three"}
+    res = json.loads(out_json.read_text())
+    assert set(res["in_domain"]["FLOPs regression"]) == {"one", "two", "three"}
+    assert res["average"]["lofo"]["FLOPs regression"]["mape"] >= 0
+    code, out, err = run(capsys, "bench", "latency", "--dataset", tiny_dataset, "--predictors", "gbdt2")
+    assert code == 2 and "unknown predictors" in err
+
+
+def test_build_dataset_command(capsys, tmp_path):
+    out = tmp_path / "one.jsonl.gz"
+    args = ("latency", "build-dataset", "--n", 1, "--families", "squeezenet", "--out", out, "--repeats", 3,
+            "--warmup", 1, "--min-seconds", 0, "--quiet", "--json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, stdout, err = run(capsys, *args)
+    assert code == 0, err
+    assert json.loads(stdout)["added"] == 1
+    rec = json.loads(gzip.open(out, "rt").readline())
+    assert rec["family"] == "squeezenet" and rec["median_ms"] > 0
+    code, _, err = run(capsys, "latency", "build-dataset", "--out", out, "--families", "lenet", "--n", 2)
+    assert code == 2 and "unknown families" in err
+    code, _, err = run(capsys, "latency", "build-dataset", "--out", out)
+    assert code == 2 and "how many" in err

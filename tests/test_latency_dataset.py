@@ -1,0 +1,142 @@
+"""The measured latency data set: real exports, real timings, tiny networks (NB201 C=8, N=1, 32 px)."""
+import gzip
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from narformer_core.graph import ArchGraph
+from narformer_core.latency import dataset as ds
+from narformer_core.latency import zoo
+
+QUICK = {"warmup": 1, "repeats": 3, "min_seconds": 0.0}
+ARCHS = ["|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|",
+         "|skip_connect~0|+|nor_conv_1x1~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_3x3~1|none~2|",
+         "|nor_conv_1x1~0|+|none~0|none~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"]
+
+
+def tiny_spec(arch):
+    return {"family": "nasbench201", "resolution": 32, "batch_size": 1, "arch": arch, "channels": 8,
+            "cells_per_stage": 1}
+
+
+SPECS = [tiny_spec(a) for a in ARCHS]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Two networks first, then all three: the second call must add only the missing one."""
+    d = tmp_path_factory.mktemp("latency_ds")
+    path, db = d / "set.jsonl.gz", d / "lat.sqlite"
+    first = ds.build_dataset(path, specs=SPECS[:2], measure=QUICK, progress=False, db=db)
+    second = ds.build_dataset(path, specs=SPECS, measure=QUICK, progress=False, db=db)
+    return path, db, first, second
+
+
+def test_lines_are_complete_records(built):
+    path, _, first, second = built
+    assert first["added"] == 2 and second["added"] == 1 and second["total"] == 3
+    lines = gzip.open(path, "rt").read().splitlines()
+    assert len(lines) == 3
+    for line, spec in zip(lines, SPECS):
+        r = json.loads(line)
+        assert r["spec_id"] == zoo.spec_id(spec) and r["spec"] == spec and r["family"] == "nasbench201"
+        g = ArchGraph.from_dict(r["graph"])
+        assert g.stable_hash() == r["graph_hash"] and len(g) == r["n_nodes"] > 10
+        # structure only: no weight values anywhere in the record
+        assert "raw_data" not in line and "float_data" not in line
+        assert r["static"]["flops"] > 0 and r["static"]["params"] > 0 and r["static"]["batch_size"] == 1
+        assert r["median_ms"] > 0 and r["iqr_ms"] >= 0 and r["std_ms"] >= 0 and r["repeats"] >= 3
+        assert r["min_ms"] <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert len(r["samples_ms"]) == r["repeats"]
+        assert r["platform"]["threads"] == 1 and r["platform_key"].endswith("-t1-b1")
+        assert r["measured_at"].endswith("+00:00")
+
+
+def test_extend_adds_no_duplicates(built):
+    path, _, _, _ = built
+    again = ds.build_dataset(path, specs=SPECS, measure=QUICK, progress=False)
+    assert again["added"] == 0 and again["total"] == 3
+    records, graphs, y = ds.load_dataset(path)
+    assert len({r["spec_id"] for r in records}) == 3 and len(graphs) == 3
+    assert np.all(y > 0) and y.dtype == np.float64
+    _, _, y_min = ds.load_dataset(path, column="min_ms")
+    assert np.all(y_min <= y)
+
+
+def test_database_got_every_measurement(built):
+    from narformer_core.latency.db import LatencyDB
+
+    path, db, _, _ = built
+    records = ds.load_records(path)
+    with LatencyDB(db) as d:
+        for r in records:
+            rec = d.get(r["graph_hash"], r["platform_key"])
+            assert rec is not None and rec.median_ms == pytest.approx(r["median_ms"])
+        assert d.stats()["graphs_measured"] == 3
+
+
+def test_damaged_tail_is_dropped_then_repaired(built, tmp_path):
+    path, _, _, _ = built
+    copy = tmp_path / "cut.jsonl.gz"
+    data = path.read_bytes()
+    # An interrupted append: a new gzip member cut in the middle.
+    extra = gzip.compress(b'{"spec_id": "x", "graph": {}, "median_ms": 1.0}\n')
+    copy.write_bytes(data + extra[: len(extra) // 2])
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert len(ds.load_records(copy)) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = ds.build_dataset(copy, specs=SPECS, measure=QUICK, progress=False)
+    assert res["total"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # repaired: reads cleanly now
+        assert len(ds.load_records(copy)) == 3
+
+
+def test_other_platform_is_refused(built, tmp_path):
+    path, _, _, _ = built
+    other = tmp_path / "other.jsonl.gz"
+    r = ds.load_records(path)[0]
+    r["platform_key"] = "cpu-Some_Other_CPU-ort1.0-t1-b1"
+    with gzip.open(other, "wt") as f:
+        f.write(json.dumps(r) + "\n")
+    with pytest.raises(ds.DatasetError, match="platforms do not mix"):
+        ds.build_dataset(other, specs=SPECS, measure=QUICK, progress=False)
+    with pytest.raises(ds.DatasetError, match="several platforms"):
+        with gzip.open(other, "at") as f:
+            f.write(json.dumps(ds.load_records(path)[1]) + "\n")
+        ds.load_dataset(other)
+
+
+def test_remeasure_and_test_retest(built, tmp_path):
+    path, _, _, _ = built
+    second = tmp_path / "retest.jsonl.gz"
+    res = ds.remeasure(path, second, 2, measure=QUICK, progress=False)
+    assert res["added"] == 2 and res["graph_mismatches"] == 0 and res["n"] == 2
+    assert res["mape"] >= 0 and 0 <= res["acc10"] <= 100
+    again = ds.remeasure(path, second, 2, measure=QUICK, progress=False)
+    assert again["added"] == 0
+    lines = ds.load_records(second)
+    assert all(r["same_graph"] and r["first_median_ms"] > 0 for r in lines)
+    assert set(ds.test_retest(path, second)["per_family"]) == {"nasbench201"}
+
+
+def test_not_a_dataset(tmp_path):
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(b"this is not gzip at all")
+    with pytest.raises(ds.DatasetError, match="not a gzip"):
+        ds.load_records(bad)
+    with pytest.raises(ds.DatasetError, match="no latency data set"):
+        ds.load_records(tmp_path / "missing.jsonl.gz")
+    with pytest.raises(ds.DatasetError, match="how many"):
+        ds.build_dataset(tmp_path / "x.jsonl.gz")
+
+
+def test_pending_specs_round_robin_and_skip_present():
+    todo = ds._pending_specs(4, seed=3, families=("squeezenet", "vgg16"), present=set())
+    assert [s["family"] for s in todo] == ["squeezenet", "vgg16", "squeezenet", "vgg16"]
+    present = {zoo.spec_id(todo[0]), zoo.spec_id(todo[2])}
+    more = ds._pending_specs(2, seed=3, families=("squeezenet", "vgg16"), present=present)
+    assert [zoo.spec_id(s) for s in more] == [zoo.spec_id(todo[1]), zoo.spec_id(todo[3])]

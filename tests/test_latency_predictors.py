@@ -1,0 +1,108 @@
+"""The three latency predictors on a small real set: tiny torch conv nets, timed with onnxruntime."""
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from narformer_core.latency.measure import measure_onnx
+from narformer_core.latency.predictors import (LatencyCheckpointError, NARFormerLatency, gnn_node_features,
+                                               load_predictor, make_predictor, static_log_features)
+from narformer_core.metrics import mape
+from narformer_core.onnx_import import from_torch
+
+TINY_NAR = {"model": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": (1, 1, 1, 1), "head_hidden": 64,
+                      "dropout": 0.0},
+            "train": {"epochs": 40, "batch_size": 8, "lr": 2e-3, "eval_every": 4}}
+TINY_NNLP = {"width": 64, "head_hidden": 64, "epochs": 60, "batch_size": 8, "lr": 3e-3, "eval_every": 4}
+
+
+def conv_net(width: int, depth: int, kernel: int) -> nn.Module:
+    layers, c = [], 3
+    for _ in range(depth):
+        layers += [nn.Conv2d(c, width, kernel, padding=kernel // 2), nn.ReLU()]
+        c = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """18 networks whose MACs span ~100x, each exported, imported and timed (median of 15 runs)."""
+    torch.manual_seed(0)
+    graphs, ms = [], []
+    for width in (8, 24, 48):
+        for depth in (1, 3):
+            for kernel in (1, 3, 5):
+                net = conv_net(width, depth, kernel)
+                x = torch.zeros(1, 3, 24, 24)
+                g = from_torch(net, x)
+                buf = io.BytesIO()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    torch.onnx.export(net, (x,), buf, dynamo=False)
+                ms.append(measure_onnx(buf.getvalue(), warmup=2, repeats=15).median_ms)
+                graphs.append(g)
+    return graphs, np.array(ms)
+
+
+def constant_mape(y):
+    return mape(np.full_like(y, np.exp(np.log(y).mean())), y)
+
+
+@pytest.mark.parametrize("kind,opts", [("flops", {}), ("nnlp", TINY_NNLP),
+                                       ("narformer", TINY_NAR)])
+def test_fit_beats_constant_and_round_trips(kind, opts, measured, tmp_path):
+    graphs, y = measured
+    p = make_predictor(kind, **opts).fit(graphs, y, seed=0)
+    pred = p.predict(graphs)
+    assert pred.shape == y.shape and np.all(np.isfinite(pred)) and np.all(pred > 0)
+    assert mape(pred, y) < constant_mape(y), f"{kind} does not beat a constant on its training data"
+    path = p.save(tmp_path / f"{kind}.pt")
+    q = load_predictor(path)
+    assert q.kind == kind and type(q) is type(p)
+    np.testing.assert_allclose(q.predict(graphs), pred, rtol=1e-5)
+
+
+def test_narformer_targets_and_validation_set(measured):
+    graphs, y = measured
+    for target in ("residual", "ms"):
+        p = NARFormerLatency(model=TINY_NAR["model"], train={**TINY_NAR["train"], "epochs": 4, "target": target})
+        p.fit(graphs[:14], y[:14], val=(graphs[14:], y[14:]), seed=1)
+        assert p.meta["n_val"] == 4 and p.meta["n_train"] == 14
+        out = p.predict(graphs)
+        assert np.all(np.isfinite(out)) and np.all(out > 0)
+    assert p.model_config().static_dim == 128 + 4
+    assert NARFormerLatency(static_raw=False).model_config().static_dim == 128
+
+
+def test_features_shapes(measured):
+    graphs, _ = measured
+    s = static_log_features(graphs[:3])
+    assert s.shape == (3, 4) and np.all(s[:, 1] > 0)
+    x, e = gnn_node_features(graphs[4])
+    assert x.shape[0] == len(graphs[4]) and e.shape[0] == 2 and e.max() < len(graphs[4])
+    assert np.all(x[:, :-24].sum(1) >= 1)        # every node has its op one-hot set
+
+
+def test_bad_inputs(measured, tmp_path):
+    graphs, y = measured
+    with pytest.raises(ValueError, match="latencies"):
+        make_predictor("flops").fit(graphs, -y)
+    with pytest.raises(ValueError, match="latencies for"):
+        make_predictor("flops").fit(graphs, y[:3])
+    with pytest.raises(ValueError, match="unknown latency predictor"):
+        make_predictor("xgboost")
+    with pytest.raises(ValueError, match="not fitted"):
+        make_predictor("flops").predict(graphs)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(LatencyCheckpointError, match="not a loadable"):
+        load_predictor(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, other)
+    with pytest.raises(LatencyCheckpointError, match="not a latency predictor"):
+        load_predictor(other)
+    with pytest.raises(LatencyCheckpointError, match="no latency checkpoint"):
+        load_predictor(tmp_path / "missing.pt")
