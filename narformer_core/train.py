@@ -194,8 +194,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
     best_ema = {"val_tau": -2.0, "epoch": -1}
     latest = run_dir / "latest.pt"
     if resume and latest.exists():
-        ck = torch.load(latest, map_location=device, weights_only=True)
+        ck = torch.load(latest, map_location="cpu", weights_only=True)   # RNG states must stay on CPU
         check_compatible(ck, model_cfg)
+        check_same_run(ck, cfg, train_idx, val_idx)
         model.load_state_dict(ck["state_dict"])
         ema.load_state_dict(ck["ema_state_dict"])
         opt.load_state_dict(ck["optimizer"])
@@ -358,15 +359,31 @@ def select_on_validation(run_dir: Path) -> dict:
     """Pick among last / best / best-EMA by validation tau only (never by test figures)."""
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     last = rows[-1]
-    cands = {"last": last["val_tau"], "last_ema": last["val_tau_ema"]}
+    cands = {"last": last["val_tau"]}
     for kind in ("best", "best_ema"):
         p = run_dir / f"{kind}.pt"
         if p.exists():
             cands[kind] = torch.load(p, map_location="cpu", weights_only=True)["val_tau"]
     # Prefer a saved best checkpoint on ties: it is the same weights or better on validation.
-    order = ["best_ema", "best", "last_ema", "last"]
+    order = ["best_ema", "best", "last"]
     selected = max(order, key=lambda k: (cands.get(k, -2.0), -order.index(k)))
     return {"selected": selected, "val_tau": cands[selected], "candidates": cands}
+
+
+# Settings that may change when a run is resumed; everything else must match the checkpoint.
+RESUMABLE_CHANGES = {"save_every_s", "eval_every", "test_every", "device", "threads", "data_dir"}
+
+
+def check_same_run(ck: dict, cfg: TrainConfig, train_idx, val_idx) -> None:
+    """Resuming with another split, schedule or loss would silently splice two runs together."""
+    old, new = ck["train_config"], cfg.to_dict()
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_CHANGES and old.get(k) != v}
+    if diff:
+        raise ValueError(f"this run folder was started with other settings {diff} (folder, requested); "
+                         "use a new folder or start fresh")
+    if not (np.array_equal(ck["split"]["train"].numpy(), train_idx)
+            and np.array_equal(ck["split"]["val"].numpy(), val_idx)):
+        raise ValueError("this run folder was trained on another split; use a new folder or start fresh")
 
 
 def check_compatible(ck: dict, model_cfg: NARFormerConfig) -> None:
