@@ -6,40 +6,54 @@ resolution); ``build_module`` turns a spec into a plain-torch module and ``expor
 ONNX bytes, both deterministic per spec. The measuring and ONNX-to-graph steps live elsewhere
 (``latency/measure.py``, ``onnx_import.py``); this module only makes networks.
 
-Torch is imported lazily so that importing the zoo (e.g. to list ``FAMILIES`` or to draw specs
-for a plan) costs nothing; drawing a spec does need torch, because a candidate is kept only when
-its multiply-accumulate count fits :data:`MAX_MACS` (counted on the meta device, no weights).
+Torch is imported lazily, so importing the zoo (to list ``FAMILIES``, say) costs nothing;
+drawing a spec does need torch: a candidate is kept only when its multiply-accumulates fit
+:data:`MIN_MACS`..:data:`MAX_MACS` and its weights :data:`MAX_PARAMS` (counted on the meta device,
+no weights allocated; about 60 ms of CPU per candidate).
 
-Knob ranges, per family (stage lists are per stage of the family's reference layout):
+Knob ranges, per family ("per stage" lists follow the family's reference layout; stage depths
+are the reference depth n varied to n-1..n+1, at least 1):
 
-========================  ==================================================================
-alexnet                   width x0.25..1, conv1 kernel 7/9/11, conv2 kernel 3/5, 2..4 final
-                          3x3 convs, hidden 512/1024/2048
-vgg16                     width x0.125..0.5, convs per stage 1-2,1-2,2-4,2-4,2-4, hidden
-                          256/512/1024 (VGG has only 3x3 convs; BN folds away in ONNX)
-resnet18                  width x0.25..1, blocks per stage 1..3, stem kernel 3/5/7, block
-                          kernel 3/5 per stage
-squeezenet                stem 3x3/64 or 7x7/96, base_e 64..160, incr_e 64/96/128, squeeze
-                          ratio 1/8..1/2, share of 3x3 expands 1/4..3/4, fires per stage
-googlenet                 width x0.25..1, inception blocks per stage 1-2, 2-5, 1-2, stem kernel
-                          5/7, the "5x5" branch 3 or 5
-mobilenet_v2              width x0.35..1.4, per stage: depth n-1..n+1, kernel 3/5/7, expansion
-                          3/4/6 (first stage fixed at 1)
-mobilenet_v3              large or small layout, width x0.5..1.25, per stage: depth, kernel
-                          3/5/7, expansion 3/4/6 (first stage 1), SE on/off
-mnasnet                   width x0.5..1.3, per stage: depth, kernel 3/5/7, expansion 3/6, SE
-                          on/off (off everywhere = MnasNet-B1, some on = A1-like)
-efficientnet_b0           width x0.5..1.25, per stage: depth, kernel 3/5/7, expansion 3/4/6
-                          (first stage 1), SE on/off (mostly on)
-nasbench201               NB201 macro network on a random cell (one cell for all cells, as in
-                          NB201), C 8/16/24/32, N 1..5 cells per stage, 10 classes
-========================  ==================================================================
+================  ==========================================================================
+alexnet           width x0.25/0.375/0.5/0.75/1, conv1 kernel 7/9/11 (stride 4), conv2 kernel
+                  3/5, 2..4 final 3x3 convs, classifier hidden 512/1024/2048
+vgg16             width x0.125/0.25/0.375/0.5, 3x3 convs per stage 1-3,1-3,2-4,2-4,2-4,
+                  classifier hidden 256/512/1024 (VGG has only 3x3 convs)
+resnet18          width x0.25/0.5/0.75/1, basic blocks per stage 1..3, stem kernel 3/5/7,
+                  block kernel 3/5 per stage
+squeezenet        stem 3x3/64 (v1.1) or 7x7/96 (v1.0), base_e 64/96/128/160, incr_e 64/96/128
+                  every 2 fires, squeeze ratio 1/8, 1/4, 1/2, share of 3x3 expands 1/4..3/4,
+                  fires per stage 2-3, 2-3, 2-4
+googlenet         width x0.25/0.5/0.75/1, inception blocks per stage 1-2, 2-5, 1-2, stem
+                  kernel 5/7, the "5x5" branch kernel 3/5
+mobilenet_v2      width x0.35/0.5/0.75/1/1.4, per stage: depth, kernel 3/5/7, expansion 3/4/6
+                  (first stage 1); no SE, as in MobileNetV2
+mobilenet_v3      large or small layout, width x0.5/0.75/1/1.25, per stage: depth, kernel
+                  3/5/7, expansion 3/4/6 (first stage 1), SE (hard-sigmoid) on/off at p=0.5
+mnasnet           width x0.5/0.75/1/1.3, per stage: depth, kernel 3/5/7, expansion 3/6, SE
+                  on/off at p=0.4 (all off = MnasNet-B1, some on = A1-like)
+efficientnet_b0   width x0.5/0.75/1/1.1/1.25, per stage: depth, kernel 3/5/7, expansion 3/4/6
+                  (first stage 1), SE on/off at p=0.75; SiLU
+nasbench201       the NB201 macro network with one random cell (all cells alike, as in NB201),
+                  C 8/16/24/32, N 1..5 cells per stage, 10 classes
+================  ==========================================================================
 
 Input resolution: 96..224 in steps of 32 for the ImageNet families, 32..128 in steps of 32 for
-nasbench201 (a CIFAR network). Batch size 1.
+nasbench201 (a CIFAR network; 32 px alone is mostly under :data:`MIN_MACS`). Batch size 1.
+
+Weights: random (seed 0), and every BatchNorm calibrated on one random batch, so activations
+stay near unit scale as in a trained network (see :func:`_calibrate_batchnorm`).
+
+Measured by ``scripts/bench_zoo.py`` (seed 0, 2 specs per family) on this project's shared
+2-core machine under a load average of about 6: export_onnx took 0.3-0.5 s (alexnet),
+0.5-0.6 (nasbench201), 0.6-0.7 (squeezenet), 1.0-1.8 (vgg16), 0.8-1.5 (googlenet), 1.6-1.7
+(resnet18), 1.4-2.6 (mnasnet), 1.4-1.9 (mobilenet_v2), 1.6-2.7 (mobilenet_v3), 2.0 (efficientnet_b0):
+the cost follows the node count (17 to 270) more than the MACs. One-thread onnxruntime latency
+was 6 to 160 ms over those 20 networks.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -65,6 +79,9 @@ NB201_CLASSES = 10
 # (scripts/bench_zoo.py prints measured figures).
 MAX_MACS = 3.0e9
 MIN_MACS = 2.0e7
+# Export time and ONNX size grow with the weights (a 33 M-parameter ResNet variant made 133 MB in
+# 4 s); 20 M parameters (80 MB) still admits AlexNet- and VGG-like classifiers.
+MAX_PARAMS = 2.0e7
 _MAX_TRIES = 200
 
 
@@ -95,14 +112,15 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 _MBV2_STAGES = ((16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1))
 _MNAS_STAGES = ((24, 3, 2), (40, 3, 2), (80, 3, 2), (96, 2, 1), (192, 4, 2), (320, 1, 1))
 _EFFB0_STAGES = ((16, 1, 1), (24, 2, 2), (40, 2, 2), (80, 3, 2), (112, 3, 1), (192, 4, 2), (320, 1, 1))
-# MobileNetV3 stages: (out channels, depth, stride, activation).
+# MobileNetV3 stages: (out channels, depth, stride, activation); the last conv is 6x the last
+# stage's channels (960 and 576 in the reference), ``head`` the hidden width of the classifier.
 _MBV3_LAYOUTS = {
     "large": dict(stem=16, stages=((16, 1, 1, "relu"), (24, 2, 2, "relu"), (40, 3, 2, "relu"),
                                    (80, 4, 2, "hswish"), (112, 2, 1, "hswish"), (160, 3, 2, "hswish")),
-                  last_conv=960, head=1280),
+                  head=1280),
     "small": dict(stem=16, stages=((16, 1, 2, "relu"), (24, 2, 2, "relu"), (40, 3, 2, "hswish"),
                                    (48, 2, 1, "hswish"), (96, 3, 2, "hswish")),
-                  last_conv=576, head=1024),
+                  head=1024),
 }
 # GoogLeNet inception blocks: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj).
 _INCEPTION = (
@@ -202,19 +220,20 @@ def _check_family(family: str) -> None:
 def sample_spec(family: str, rng: np.random.Generator) -> dict:
     """A random valid variant of ``family``; deterministic given the state of ``rng``.
 
-    Candidates outside :data:`MIN_MACS`..:data:`MAX_MACS` are drawn again (with the same rng),
-    so the kept variants are the family's design space cut to the latency range the data set
-    wants.
+    Candidates outside :data:`MIN_MACS`..:data:`MAX_MACS` or over :data:`MAX_PARAMS` are drawn
+    again (with the same rng), so the kept variants are the family's design space cut to the
+    latency range (and export cost) the data set wants.
     """
     _check_family(family)
     resolutions = NB201_RESOLUTIONS if family == "nasbench201" else IMAGENET_RESOLUTIONS
     for _ in range(_MAX_TRIES):
         spec = {"family": family, "resolution": _pick(rng, resolutions), "batch_size": 1,
                 **_SAMPLERS[family](rng)}
-        if MIN_MACS <= estimate_macs(spec) <= MAX_MACS:
+        if MIN_MACS <= estimate_macs(spec) <= MAX_MACS and estimate_params(spec) <= MAX_PARAMS:
             return spec
-    raise RuntimeError(f"no {family} variant within {MIN_MACS:.3g}..{MAX_MACS:.3g} MACs in "
-                       f"{_MAX_TRIES} draws; the family's knob ranges do not fit the budget")
+    raise RuntimeError(f"no {family} variant within {MIN_MACS:.3g}..{MAX_MACS:.3g} MACs and "
+                       f"{MAX_PARAMS:.3g} parameters in {_MAX_TRIES} draws; the family's knob "
+                       "ranges do not fit the budget")
 
 
 def spec_id(spec: Mapping) -> str:
@@ -255,7 +274,9 @@ def sample_specs(n: int, seed: int, families: Sequence[str] = FAMILIES) -> list[
 
 
 def input_shape(spec: Mapping) -> tuple[int, int, int, int]:
-    r = int(_get(spec, "resolution"))
+    """(batch, 3, H, W) of the network's one input."""
+    _validate(spec)
+    r = int(spec["resolution"])
     return (int(spec.get("batch_size", 1)), 3, r, r)
 
 
@@ -275,8 +296,8 @@ def _compact(values: Sequence) -> str:
 
 def describe(spec: Mapping) -> str:
     """One human line, e.g. 'mobilenet_v2 @160px, width x0.75, depth 1-2-3-4-3-3-1, ...'."""
-    fam = _get(spec, "family")
-    _check_family(fam)
+    _validate(spec)
+    fam = spec["family"]
     parts = [f"{fam} @{spec['resolution']}px"]
     g = spec.get
     if "width" in spec:
@@ -323,17 +344,86 @@ def build_module(spec: Mapping):
     with torch.device("meta"):
         module = _construct(spec)
     module = module.to_empty(device="cpu")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _one_thread(torch):
         torch.manual_seed(0)
         _init_weights(module)
+        _calibrate_batchnorm(module, input_shape(spec))
     return module.eval()
 
 
-def _construct(spec: Mapping):
+@contextlib.contextmanager
+def _one_thread(torch):
+    """Run torch on one intra-op thread. On a shared 2-core machine two threads wait on each other:
+    building and exporting were about 3x slower with two (measured); the results are the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate_batchnorm(module, shape) -> None:
+    """Set every BatchNorm's running statistics from one forward pass of a random input.
+
+    Untrained BN in eval mode is the identity, and without it activations grew or shrank
+    exponentially with depth (5e4 after a deep MnasNet, 1e-34 behind saturated SE gates): float
+    denormals slow CPUs down, so the timing would depend on the weights. Calibrated, every BN
+    output is near unit scale, as in a trained network. Families without BN skip the pass.
+    """
+    import torch
+    import torch.nn as nn
+
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return
+    for m in bns:
+        m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+    module.train()
+    with torch.no_grad():
+        module(torch.randn(shape))
+    for m in bns:
+        m.momentum = 0.1
+    module.eval()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _validate(spec: Mapping) -> None:
+    """Raise ValueError naming what is wrong with a spec, before torch sees it."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a zoo spec is a dict of knobs, got {type(spec).__name__}")
     fam = _get(spec, "family")
     _check_family(fam)
-    _get(spec, "resolution")
-    return _builders()[fam](spec)
+    r, b = _get(spec, "resolution"), spec.get("batch_size", 1)
+    low = 32 if fam == "nasbench201" else 64
+    if not _is_int(r) or r < low or r % 32:
+        raise ValueError(f"{fam} resolution must be a multiple of 32 and at least {low}, got {r!r}")
+    if not _is_int(b) or b < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {b!r}")
+    if fam == "mobilenet_v3" and spec.get("layout") not in _MBV3_LAYOUTS:
+        raise ValueError(f"mobilenet_v3 layout must be one of {sorted(_MBV3_LAYOUTS)}, "
+                         f"got {spec.get('layout')!r}")
+    # The sampler's own output names the knobs a family needs and how long its stage lists are.
+    reference = _SAMPLERS[fam](np.random.default_rng(0))
+    if fam == "mobilenet_v3":
+        n = len(_MBV3_LAYOUTS[spec["layout"]]["stages"])
+        reference = {k: ([0] * n if isinstance(v, list) else v) for k, v in reference.items()}
+    missing = sorted(set(reference) - set(spec))
+    if missing:
+        raise ValueError(f"the {fam} spec lacks the knob(s) {', '.join(missing)}; draw specs with "
+                         "sample_spec")
+    for k, v in reference.items():
+        if isinstance(v, list) and (not isinstance(spec[k], (list, tuple)) or len(spec[k]) != len(v)):
+            raise ValueError(f"{fam} knob {k!r} must list one value per stage ({len(v)}), "
+                             f"got {spec[k]!r}")
+
+
+def _construct(spec: Mapping):
+    _validate(spec)
+    return _builders()[spec["family"]](spec)
 
 
 def _init_weights(module) -> None:
@@ -365,11 +455,25 @@ def _init_weights(module) -> None:
 def estimate_macs(spec: Mapping) -> int:
     """Multiply-accumulates of one inference (convolutions and linear layers), counted by a
     forward pass on the meta device: shapes only, no weights allocated."""
+    _validate(spec)
+    return _cost_of(json.dumps(dict(spec), sort_keys=True))[0]
+
+
+def estimate_params(spec: Mapping) -> int:
+    """Number of weights (BatchNorm included, before it is folded into the convs)."""
+    _validate(spec)
+    return _cost_of(json.dumps(dict(spec), sort_keys=True))[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _cost_of(canonical: str) -> tuple[int, int]:
     import torch
     import torch.nn as nn
 
+    spec = json.loads(canonical)
     with torch.device("meta"):
         module = _construct(spec).eval()
+    params = sum(p.numel() for p in module.parameters())
     # Shape-preserving layers cost nothing here but their meta kernels are slow Python
     # decompositions (batch norm was half the time), so they are swapped out before the pass.
     passthrough = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.Sigmoid,
@@ -396,29 +500,42 @@ def estimate_macs(spec: Mapping) -> int:
     finally:
         for h in hooks:
             h.remove()
-    return int(total)
+    return int(total), int(params)
+
+
+def _fuse_conv_bn(module):
+    """Fold each BatchNorm into the conv right before it (same Sequential), as the exporter would.
+
+    Done here rather than by the exporter's peephole pass: that pass alone took a third of the
+    export time, and a fused module also traces fewer nodes. The ONNX graph is the same (Conv
+    with bias, no BatchNormalization).
+    """
+    import torch.nn as nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for parent in list(module.modules()):
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[b] = nn.Identity()
+    return module
 
 
 def export_onnx(spec: Mapping) -> bytes:
     """The spec as ONNX bytes (opset 17, weights inside, BN folded), built in memory."""
     import torch
 
-    module = build_module(spec)
+    module = _fuse_conv_bn(build_module(spec))
     example = torch.zeros(input_shape(spec))
     buf = io.BytesIO()
-    # Tracing runs one real forward pass. One intra-op thread: on a shared 2-core machine two
-    # threads wait on each other and made the export about 3x slower (measured), and the graph is
-    # the same either way.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter warns that it is deprecated; the data set pins it on purpose.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=17,
-                              do_constant_folding=True, input_names=["input"], output_names=["output"])
-    finally:
-        torch.set_num_threads(threads)
+    # Tracing runs one real forward pass, on one thread (see _one_thread).
+    with _one_thread(torch), torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated; the data set pins it on purpose.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=17,
+                          do_constant_folding=True, input_names=["input"], output_names=["output"])
     return buf.getvalue()
 
 
@@ -429,6 +546,8 @@ def _builders() -> dict[str, Callable[[Mapping], Any]]:
     when a network is built, never when the zoo is imported."""
     import torch
     import torch.nn as nn
+
+    from ..spaces import nb201
 
     acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish, "silu": nn.SiLU}
 
@@ -564,7 +683,8 @@ def _builders() -> dict[str, Callable[[Mapping], Any]]:
             layers.append(nn.MaxPool2d(2, 2))
         side, h = spec["resolution"] // 32, spec["hidden"]
         return nn.Sequential(*layers, nn.Flatten(1), nn.Linear(c * side * side, h), nn.ReLU(),
-                             nn.Dropout(), nn.Linear(h, h), nn.ReLU(), nn.Dropout(), nn.Linear(h, NUM_CLASSES))
+                             nn.Dropout(), nn.Linear(h, h), nn.ReLU(), nn.Dropout(),
+                             nn.Linear(h, NUM_CLASSES))
 
     def alexnet(spec):
         w, k1, k2 = spec["width"], spec["conv1_kernel"], spec["conv2_kernel"]
@@ -642,7 +762,8 @@ def _builders() -> dict[str, Callable[[Mapping], Any]]:
     # --- NAS-Bench-201 macro network
     class ReLUConvBN(nn.Sequential):
         def __init__(self, cin, cout, k, stride):
-            super().__init__(nn.ReLU(), nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
+            super().__init__(nn.ReLU(), nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+                             nn.BatchNorm2d(cout))
 
     class Zero(nn.Module):
         def forward(self, x):
@@ -664,10 +785,9 @@ def _builders() -> dict[str, Callable[[Mapping], Any]]:
             self.edges = nn.ModuleList(nb201_op(o, c) for o in ops)
 
         def forward(self, x):
-            from ..spaces.nb201 import EDGES
             maps = [x]
             for target in (1, 2, 3):
-                terms = [self.edges[k](maps[s]) for k, (s, t) in enumerate(EDGES) if t == target]
+                terms = [self.edges[k](maps[s]) for k, (s, t) in enumerate(nb201.EDGES) if t == target]
                 # Start from the first term: sum() would add a constant 0 node to the graph.
                 acc = terms[0]
                 for t in terms[1:]:
@@ -688,7 +808,6 @@ def _builders() -> dict[str, Callable[[Mapping], Any]]:
             return self.b(self.a(x)) + self.down(x)
 
     def nasbench201(spec):
-        from ..spaces import nb201
         ops, c, n = nb201.parse(spec["arch"]), spec["channels"], spec["cells_per_stage"]
         layers = [nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)]
         for stage in range(3):
