@@ -64,7 +64,7 @@ limit = c3.number_input("Rows shown", 10, 20_000, 500, step=100, key="data_rows"
 
 mask = pd.Series(True, index=df.index)
 if text:
-    texty = [c for c in df.columns if df[c].dtype == object]
+    texty = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
     hit = pd.Series(False, index=df.index)
     for c in texty:
         hit |= df[c].astype(str).str.contains(text, case=False, regex=False, na=False)

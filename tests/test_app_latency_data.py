@@ -1,0 +1,135 @@
+"""The Latency lab and Data pages through AppTest."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_app_support import app_env, array, charts, no_exception, page, small_onnx_bytes, table, texts
+
+from narformer_core import app_services
+from narformer_core.spaces import nb201
+
+LAB, DATA = "pages/4_Latency_lab.py", "pages/5_Data.py"
+needs_shared = pytest.mark.skipif(not app_services.shared_data_available(),
+                                  reason="the shared benchmark files are not on this machine")
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    return app_env(monkeypatch, tmp_path, None)
+
+
+def metric(at, label_start: str) -> str:
+    return next(m.value for m in at.metric if m.label.startswith(label_start))
+
+
+def store_measurement(predicted_ms: float | None = None) -> dict:
+    from narformer_core.onnx_import import load_onnx
+
+    data = small_onnx_bytes()
+    graph = load_onnx(data)
+    res = app_services.measure_and_store(data, graph, family="tiny", description="tiny conv net", repeats=5)
+    if predicted_ms is not None:
+        db = app_services.open_latency_db()
+        db.add_measurement(res["graph_hash"], res["platform_key"], median_ms=predicted_ms, source="predicted")
+        db.close()
+    return res
+
+
+# ---------------------------------------------------------------- latency lab
+@needs_shared
+def test_cell_latency_on_a_device(env):
+    at = page(LAB).run()
+    no_exception(at)
+    arch = at.text_input(key="lat_arch").value
+    index = nb201.index_of(nb201.parse(arch))
+    table_all = app_services.nb201_device_table()
+    expected = table_all["1080ti_1"].iloc[index]
+    assert metric(at, "Latency on 1080ti_1") == f"{expected:.3g} ms"
+    assert len(table(at, "percentile (faster than)")) == 31
+    hist = [f for f in charts(at) if any(t.get("type") == "histogram" for t in f["data"])]
+    assert hist and hist[0]["layout"]["shapes"]      # the selected cell's line
+
+
+@needs_shared
+def test_device_choice_log_scale_and_edge_devices(env):
+    at = page(LAB).run()
+    at.selectbox(key="lat_device").set_value("pixel3").run()
+    no_exception(at)
+    assert "Latency on pixel3" in texts(at)
+    at.toggle(key="lat_logx").set_value(True).run()
+    hist = [f for f in charts(at) if any(t.get("type") == "histogram" for t in f["data"])][0]
+    assert hist["layout"]["xaxis"]["title"]["text"].startswith("log10")
+    # nn-Meter devices know 2,000 cells; the default cell may be unmeasured there: either is shown.
+    at.selectbox(key="lat_device").set_value("vpu").run()
+    no_exception(at)
+    assert metric(at, "Cells measured on this device") in ("1,999", "2,000")
+
+
+@needs_shared
+def test_bad_arch_string_and_random_button(env):
+    at = page(LAB).run()
+    at.text_input(key="lat_arch").set_value("|conv~0|+nonsense").run()
+    no_exception(at)
+    assert at.error and "Not an NB201 cell" in at.error[0].value
+    at.button(key="lat_random").click().run()
+    no_exception(at)
+    assert not at.error
+    nb201.parse(at.text_input(key="lat_arch").value)
+
+
+def test_database_section_lists_measurements_and_predictions(env):
+    at = page(LAB).run()
+    no_exception(at)
+    assert "Nothing measured yet" in texts(at)
+    res = store_measurement(predicted_ms=1.0)
+    at.run()
+    no_exception(at)
+    rows = table(at, "platform_key")
+    assert list(rows["family"]) == ["tiny", "tiny"] and set(rows["source"]) == {"measured", "predicted"}
+    assert metric(at, "Graphs") == "1" and metric(at, "Predicted") == "1"
+    at.selectbox(key="lat_db_platform").set_value(res["platform_key"]).run()
+    no_exception(at)
+    # One graph with both a prediction and a measurement: compared.
+    assert metric(at, "Graphs with both") == "1"
+    assert metric(at, "MAPE").endswith("%")
+
+
+# ---------------------------------------------------------------- data
+@pytest.mark.parametrize("dataset,column", [("nb201", "analog"), ("nb101", "module_hash"),
+                                            ("latency", "pixel3"), ("fbnet", "blocks")])
+def test_every_dataset_renders(env, dataset, column):
+    if dataset != "nb201" and not app_services.shared_data_available():
+        pytest.skip("the shared benchmark files are not on this machine")
+    at = page(DATA).run()
+    at.selectbox(key="data_set").set_value(dataset).run()
+    no_exception(at)
+    assert column in table(at, column).columns
+    assert at.get("download_button")
+
+
+def test_filters_and_download(env):
+    at = page(DATA).run()
+    at.number_input(key="data_rows").set_value(20_000)
+    at.text_input(key="data_filter_text").set_value("none~0|+|none~0").run()
+    no_exception(at)
+    shown = table(at, "arch_str")
+    assert len(shown) == 5 ** 4 and shown["arch_str"].str.startswith("|none~0|+|none~0|").all()
+    at.selectbox(key="data_filter_col").set_value("analog").run()
+    slider = at.slider(key="data_range_nb201_analog")
+    lo, hi = slider.value
+    slider.set_value((lo, 10.5)).run()
+    no_exception(at)
+    shown = table(at, "arch_str")
+    assert (shown["analog"] <= 10.5).all() and len(shown) < 5 ** 4
+    assert f"{len(shown):,} of 15,625 rows match" in texts(at)
+
+
+def test_latency_database_dataset(env):
+    at = page(DATA).run()
+    at.selectbox(key="data_set").set_value("db").run()
+    no_exception(at)
+    assert "The table is empty" in texts(at)
+    store_measurement()
+    at.run()
+    assert list(table(at, "median_ms")["family"]) == ["tiny"]
