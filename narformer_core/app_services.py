@@ -395,13 +395,55 @@ def zoo_describe(spec: dict) -> str:
     return zoo.describe(spec) if zoo else json.dumps(spec)
 
 
+LATENCY_TRAIN_HINT = ("python -m narformer_core latency train --dataset assets/latency/zoo_cpu.jsonl.gz "
+                      "--out assets/latency/narformer_latency.pt")
+
+
+def latency_dir() -> Path:
+    """Where latency predictor checkpoints and the measured zoo data set live."""
+    env = os.environ.get("NARFORMER_LATENCY_DIR")
+    return Path(env) if env else PROJECT_ROOT / "assets" / "latency"
+
+
 def latency_predictor_status() -> str | None:
-    """None when no latency predictor module exists yet; else a one-line description."""
-    for name in ("latency.predictor", "latency_predictor"):
-        mod = optional(name)
-        if mod is not None:
-            return f"narformer_core.{name}"
-    return None
+    """None when narformer_core has no latency predictor module; else its module name."""
+    return "narformer_core.latency.predictors" if optional("latency.predictors") is not None else None
+
+
+def latency_checkpoints() -> list[Path]:
+    """Trained latency predictors (``*.pt`` in the latency folder), the shipped NAR-Former one first."""
+    d = latency_dir()
+    if not d.is_dir():
+        return []
+    return sorted(d.glob("*.pt"), key=lambda p: (p.name != "narformer_latency.pt", p.name))
+
+
+def load_latency_predictor(path: str, mtime: float | None = None):
+    mod = optional("latency.predictors")
+    if mod is None:
+        raise GraphError("no latency predictor module (narformer_core/latency/predictors.py) yet")
+    return mod.load_predictor(path)
+
+
+def predict_latency(predictor, graphs: Sequence[ArchGraph]) -> np.ndarray:
+    return np.asarray(predictor.predict(list(graphs)), dtype=np.float64)
+
+
+def latency_dataset(platform_key: str | None = None) -> pd.DataFrame:
+    """The measured zoo networks (assets/latency/zoo_cpu.jsonl.gz): one row each, graph included."""
+    from .latency.dataset import load_dataset, load_records
+
+    path = latency_dir() / "zoo_cpu.jsonl.gz"
+    if not path.exists():
+        return pd.DataFrame()
+    if platform_key is None:
+        keys = sorted({r.get("platform_key") for r in load_records(path)})
+        platform_key = keys[0] if keys else None
+    records, graphs, ms = load_dataset(path, platform_key=platform_key)
+    return pd.DataFrame({"family": [r.get("family") for r in records],
+                         "description": [r.get("description") for r in records],
+                         "median_ms": ms, "platform_key": [r.get("platform_key") for r in records],
+                         "graph": graphs})
 
 
 # ------------------------------------------------------------------ latency database

@@ -58,6 +58,17 @@ def nb101_truth(module_hash: str) -> pd.DataFrame:
     return svc.nb101_ground_truth(module_hash)
 
 
+@st.cache_resource(show_spinner="Loading the latency predictor…", max_entries=4)
+def load_latency_predictor(path: str, mtime: float):
+    return svc.load_latency_predictor(path, mtime)
+
+
+@st.cache_data(show_spinner=False)
+def zoo_measured_ms(platform_key: str | None) -> np.ndarray:
+    df = svc.latency_dataset(platform_key)
+    return df["median_ms"].to_numpy() if len(df) else np.zeros(0)
+
+
 @st.cache_resource(show_spinner="Starting Netron…", max_entries=8)
 def netron_url(digest: str, name: str, _data: bytes) -> str:
     return svc.serve_netron(name, _data)
@@ -126,13 +137,38 @@ def show_static(graph: ArchGraph) -> None:
     c[3].metric("Memory access", svc.human(f["memory_access"]), help="output + parameter elements over compute nodes")
 
 
+def show_latency_prediction(graph: ArchGraph, key: str) -> None:
+    if svc.latency_predictor_status() is None:
+        st.info("No latency predictor in narformer_core yet: measured latency only.")
+        return
+    ckpts = svc.latency_checkpoints()
+    if not ckpts:
+        st.info("No trained latency predictor found in "
+                f"`{svc.latency_dir()}`. Train one on the measured zoo networks:")
+        st.code(svc.LATENCY_TRAIN_HINT, language="bash")
+        return
+    names = [p.name for p in ckpts]
+    path = ckpts[names.index(st.selectbox("Latency predictor", names, key=f"{key}_latency_ckpt"))]
+    try:
+        predictor = load_latency_predictor(str(path), path.stat().st_mtime)
+        ms = float(svc.predict_latency(predictor, [graph])[0])
+    except (ValueError, OSError) as e:
+        st.error(f"Cannot predict the latency with {path.name}: {e}")
+        return
+    plat = predictor.meta.get("platform_key")
+    c1, c2 = st.columns(2)
+    c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from {plat or 'an unrecorded platform'}")
+    ref = zoo_measured_ms(plat)
+    if ref.size:
+        rank, pct = svc.rank_and_percentile(-ms, -ref)
+        c2.metric("Faster than", f"{pct:.1f} %", help=f"of the {ref.size} measured zoo networks on {plat}")
+    st.caption(f"{predictor.name}, trained on measurements from `{plat}`; a prediction is for that platform, "
+               "not necessarily for this machine.")
+
+
 def show_latency(graph: ArchGraph, onnx_bytes: bytes, family: str, description: str, key: str) -> None:
     st.markdown("**Latency**")
-    status = svc.latency_predictor_status()
-    if status is None:
-        st.info("No latency predictor in narformer_core yet: measured latency only.")
-    else:
-        st.caption(f"Latency predictor module found: {status}.")
+    show_latency_prediction(graph, key)
     stored = svc.stored_latency(graph)
     if st.button("⏱️ Measure latency on this machine", key=f"{key}_measure",
                  help="onnxruntime, CPU, 1 thread, batch as in the model; stored in the latency database"):

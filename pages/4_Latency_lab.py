@@ -20,6 +20,22 @@ def device_table() -> pd.DataFrame:
     return svc.nb201_device_table()
 
 
+@st.cache_resource(show_spinner="Reading the measured zoo networks…")
+def zoo_dataset(platform_key: str | None = None) -> pd.DataFrame:
+    return svc.latency_dataset(platform_key)
+
+
+@st.cache_resource(show_spinner="Loading the latency predictor…", max_entries=4)
+def load_latency_predictor(path: str, mtime: float):
+    return svc.load_latency_predictor(path, mtime)
+
+
+@st.cache_data(show_spinner="Predicting the zoo networks…", max_entries=8)
+def zoo_predictions(path: str, mtime: float, platform_key: str | None) -> np.ndarray:
+    df = zoo_dataset(platform_key)
+    return svc.predict_latency(load_latency_predictor(path, mtime), list(df["graph"]))
+
+
 def random_cell() -> None:
     st.session_state["lat_arch"] = nb201.to_arch_str(nb201.sample(np.random.default_rng()))
 
@@ -104,24 +120,53 @@ else:
 
 # ---------------------------------------------------------------- predicted vs measured
 st.header("Predicted vs measured")
+ckpts = svc.latency_checkpoints() if svc.latency_predictor_status() else []
+if svc.latency_predictor_status() is None:
+    st.info("No latency predictor in narformer_core yet.")
+elif not ckpts:
+    st.info(f"No trained latency predictor in `{svc.latency_dir()}`. Train one on the measured zoo networks:")
+    st.code(svc.LATENCY_TRAIN_HINT, language="bash")
+else:
+    names = [p.name for p in ckpts]
+    path = ckpts[names.index(st.selectbox("Latency predictor", names, key="lat_pred_ckpt"))]
+    try:
+        predictor = load_latency_predictor(str(path), path.stat().st_mtime)
+    except (ValueError, OSError) as e:
+        st.error(f"Cannot load {path.name}: {e}")
+        predictor = None
+    if predictor is not None:
+        plat = predictor.meta.get("platform_key")
+        zoo = zoo_dataset(plat)
+        if not len(zoo):
+            st.info(f"No measured zoo networks on {plat} in `{svc.latency_dir()}` to compare with.")
+        else:
+            from narformer_core.metrics import acc_within, mape
+
+            pred = zoo_predictions(str(path), path.stat().st_mtime, plat)
+            meas = zoo["median_ms"].to_numpy()
+            c = st.columns(3)
+            c[0].metric("Zoo networks", len(zoo))
+            c[1].metric("MAPE", f"{mape(pred, meas):.1f} %")
+            c[2].metric("Acc(10%)", f"{acc_within(pred, meas):.1f} %")
+            st.caption(f"{predictor.name} on every measured zoo network of `{plat}`, the ones it was trained on "
+                       "included; held-out figures come from `python -m narformer_core bench latency`.")
+            st.plotly_chart(plots.pred_vs_truth(pred, meas, hover=zoo["description"].to_numpy(),
+                                                x_title="measured (ms)", y_title="predicted (ms)", name="zoo networks"),
+                            key="lat_zoo_scatter", width="stretch")
+
 pairs = pd.DataFrame()
 if len(df):
-    pred = df[df["source"] == "predicted"].groupby(["graph_hash", "platform_key"])["median_ms"].first()
-    meas = df[df["source"].isin(["measured", "imported"])].groupby(["graph_hash", "platform_key"])["median_ms"].first()
-    pairs = pd.concat([pred.rename("predicted"), meas.rename("measured")], axis=1).dropna()
-if svc.latency_predictor_status() is None and not len(pairs):
-    st.info("No latency predictor in narformer_core yet, and no predicted latencies in the database: nothing to "
-            "compare. Once a predictor stores predictions (source 'predicted'), they appear here beside the "
-            "measurements of the same graph and platform.")
-elif not len(pairs):
-    st.info("No graph has both a prediction and a measurement on the same platform yet.")
-else:
+    pred_db = df[df["source"] == "predicted"].groupby(["graph_hash", "platform_key"])["median_ms"].first()
+    meas_db = df[df["source"].isin(["measured", "imported"])].groupby(["graph_hash", "platform_key"])["median_ms"].first()
+    pairs = pd.concat([pred_db.rename("predicted"), meas_db.rename("measured")], axis=1).dropna()
+if len(pairs):
     from narformer_core.metrics import acc_within, mape
 
+    st.markdown("**In the latency database**: graphs with a stored prediction and a measurement on the same platform")
     c = st.columns(3)
     c[0].metric("Graphs with both", len(pairs))
-    c[1].metric("MAPE", f"{mape(pairs['predicted'], pairs['measured']):.1f} %")
-    c[2].metric("Acc(10%)", f"{acc_within(pairs['predicted'], pairs['measured']):.1f} %")
+    c[1].metric("MAPE (database)", f"{mape(pairs['predicted'], pairs['measured']):.1f} %")
+    c[2].metric("Acc(10%) (database)", f"{acc_within(pairs['predicted'], pairs['measured']):.1f} %")
     st.plotly_chart(plots.pred_vs_truth(pairs["predicted"].to_numpy(), pairs["measured"].to_numpy(),
                                         x_title="measured (ms)", y_title="predicted (ms)", name="graphs"),
                     key="lat_pred_scatter", width="stretch")

@@ -92,7 +92,7 @@ def test_database_section_lists_measurements_and_predictions(env):
     no_exception(at)
     # One graph with both a prediction and a measurement: compared.
     assert metric(at, "Graphs with both") == "1"
-    assert metric(at, "MAPE").endswith("%")
+    assert metric(at, "MAPE (database)").endswith("%")
 
 
 # ---------------------------------------------------------------- data
@@ -133,3 +133,24 @@ def test_latency_database_dataset(env):
     store_measurement()
     at.run()
     assert list(table(at, "median_ms")["family"]) == ["tiny"]
+
+
+def test_predicted_vs_measured_on_the_zoo(env, monkeypatch, tmp_path_factory):
+    from test_app_support import latency_predictor_dir
+
+    lat_dir = latency_predictor_dir(tmp_path_factory.getbasetemp())
+    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
+    at = page(LAB).run()
+    no_exception(at)
+    assert at.selectbox(key="lat_pred_ckpt").value == "flops.pt"
+    if (lat_dir / "zoo_cpu.jsonl.gz").exists():
+        assert int(metric(at, "Zoo networks")) == len(app_services.latency_dataset())
+        assert metric(at, "MAPE").endswith("%")
+    else:
+        assert "No measured zoo networks" in texts(at)
+
+
+def test_no_latency_predictor_checkpoint(env):
+    at = page(LAB).run()
+    no_exception(at)
+    assert "No trained latency predictor" in texts(at)

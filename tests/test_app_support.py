@@ -43,7 +43,7 @@ def app_env(monkeypatch, tmp_path: Path, checkpoints: Path | None) -> dict:
     empty = tmp_path / "no-checkpoints"
     empty.mkdir(exist_ok=True)
     env = {"NARFORMER_CHECKPOINT_DIR": str(checkpoints or empty), "NARFORMER_RUNS_DIR": str(runs),
-           "NARFORMER_LATENCY_DB": str(tmp_path / "latency.db")}
+           "NARFORMER_LATENCY_DB": str(tmp_path / "latency.db"), "NARFORMER_LATENCY_DIR": str(empty)}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
@@ -137,3 +137,34 @@ def array(value):
             a = a.reshape([int(s) for s in str(shape).split(",")])
         return a
     return np.asarray(value)
+
+
+def latency_predictor_dir(base: Path) -> Path:
+    """A folder with a fitted FLOPs-regression latency predictor (``flops.pt``) and, when the project
+    has it, a copy of the measured zoo data set. The labels are made up: the tests check the
+    page's wiring, not the predictor's skill."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    from narformer_core.latency.predictors import make_predictor
+    from narformer_core.onnx_import import from_torch
+
+    out = base / "narformer-latency"
+    if (out / "flops.pt").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = []
+    for width, res in ((4, 16), (8, 16), (8, 32), (16, 32), (16, 48), (32, 48), (32, 64), (64, 64)):
+        net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)).eval()
+        graphs.append(from_torch(net, torch.zeros(1, 3, res, res)))
+    from narformer_core.features import static_features
+
+    ms = np.array([0.05 + static_features(g)["flops"] * 2e-8 for g in graphs])
+    p = make_predictor("flops").fit(graphs, ms)
+    p.save(out / "flops.pt")
+    zoo = ROOT / "assets" / "latency" / "zoo_cpu.jsonl.gz"
+    if zoo.exists():
+        shutil.copy(zoo, out / zoo.name)
+    return out
