@@ -40,6 +40,8 @@ TRAIN_HINT_NB101 = ("python -m narformer_core train --space nb101 --train-size 8
 # it in .streamlit/config.toml, so the user sees our message rather than the uploader's).
 MAX_ONNX_BYTES = 50_000_000
 MAX_ONNX_NODES = 5000
+# Bump when what predict_chunk returns changes: the pages' disk caches key on it.
+PREDICTIONS_VERSION = 2
 # The NB201 macro network a cell is measured in (the benchmark's CIFAR-10 network).
 NB201_NETWORK = {"channels": 16, "cells_per_stage": 5, "resolution": 32}
 SHORT_OPS = {"none": "none", "skip_connect": "skip", "nor_conv_1x1": "conv 1x1",
@@ -173,8 +175,12 @@ def predict_chunk(predictor, space: str, start: int, stop: int) -> np.ndarray:
     tk = task.tokens(predictor.scheme)
     sl = slice(start, min(stop, len(task)))
     mask = tk.mask[sl]
-    return predict_tokens(predictor.model, torch.from_numpy(tk.depth[sl]), torch.from_numpy(tk.nodes[sl]),
-                          None if mask.all() else torch.from_numpy(mask)) * 100.0
+    raw = predict_tokens(predictor.model, torch.from_numpy(tk.depth[sl]), torch.from_numpy(tk.nodes[sl]),
+                         None if mask.all() else torch.from_numpy(mask))
+    # The checkpoint's target map (fraction or quantile of the training labels) gives back percent.
+    if hasattr(predictor, "to_percent"):
+        return np.asarray(predictor.to_percent(raw), dtype=np.float64)
+    return np.asarray(raw, dtype=np.float64) * 100.0
 
 
 def chunks(n: int, size: int = 1024) -> list[tuple[int, int]]:

@@ -24,7 +24,7 @@ def load_predictor(path: str, mtime: float):
 
 
 @st.cache_data(show_spinner=False, persist="disk", max_entries=256)
-def predicted_chunk(path: str, mtime: float, start: int, stop: int) -> np.ndarray:
+def predicted_chunk(path: str, mtime: float, start: int, stop: int, version: int) -> np.ndarray:
     return svc.predict_chunk(load_predictor(path, mtime), "nb201", start, stop)
 
 
@@ -99,7 +99,7 @@ def show_cell_prediction(graph: ArchGraph, space: str, key: str) -> None:
     if space == "nb201":
         spans = svc.chunks(nb201.N_ARCHS)
         with st.spinner("Ranking among all 15,625 cells (once per checkpoint)…", show_time=True):
-            allp = np.concatenate([predicted_chunk(ref.path, ref.mtime, a, b) for a, b in spans])
+            allp = np.concatenate([predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION) for a, b in spans])
         rank, pct = svc.rank_and_percentile(float(allp[nb201.index_of(graph.ops[1:7])]), allp)
         c2.metric("Predicted rank", f"{rank:,} / {len(allp):,}")
         c3.metric("Percentile", f"{pct:.1f} %", help="share of all cells predicted below this one")

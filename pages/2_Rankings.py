@@ -19,7 +19,7 @@ def load_predictor(path: str, mtime: float):
 
 
 @st.cache_data(show_spinner=False, persist="disk", max_entries=256)
-def predicted_chunk(path: str, mtime: float, start: int, stop: int) -> np.ndarray:
+def predicted_chunk(path: str, mtime: float, start: int, stop: int, version: int) -> np.ndarray:
     return svc.predict_chunk(load_predictor(path, mtime), "nb201", start, stop)
 
 
@@ -44,7 +44,7 @@ def all_nb201(ref) -> np.ndarray:
     bar = st.progress(0.0, text="Predicting all 15,625 cells (cached per checkpoint)…")
     parts = []
     for k, (a, b) in enumerate(spans):
-        parts.append(predicted_chunk(ref.path, ref.mtime, a, b))
+        parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
         bar.progress((k + 1) / len(spans), text="Predicting all 15,625 cells (cached per checkpoint)…")
     bar.empty()
     return np.concatenate(parts)

@@ -1,0 +1,157 @@
+"""narformer_core.app_services and narformer_core.plots: the plain functions behind the pages."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from test_app_support import tiny_checkpoints  # noqa: F401
+
+from narformer_core import app_services as svc
+from narformer_core import plots
+from narformer_core.graph import GraphError
+from narformer_core.spaces import nb101, nb201
+
+
+def test_ranks_and_percentile():
+    v = np.array([3.0, 1.0, 2.0, 3.0, np.nan])
+    assert svc.ranks_descending(v)[:4].tolist() == [1, 4, 3, 1]
+    assert np.isnan(svc.ranks_descending(v)[4])
+    assert svc.rank_and_percentile(2.0, np.array([3, 1, 2, 3])) == (3, 25.0)
+    assert svc.rank_and_percentile(9.0, np.array([3, 1, np.nan])) == (1, 100.0)
+
+
+def test_ranking_frame_rank_errors():
+    df = svc.ranking_frame(np.array([1.0, 2.0, 3.0, 4.0]), np.array([4.0, 3.0, 2.0, np.nan]), ["a", "b", "c", "d"],
+                           seen=np.array([True, False, False, False]))
+    assert list(df["arch"]) == ["a", "b", "c"]                  # the unlabelled one is dropped
+    assert list(df["rank error"]) == [2, 0, -2]
+    assert list(df["used in training"]) == [True, False, False]
+
+
+def test_checkpoints_shipped_first_then_runs(monkeypatch, tmp_path, tiny_checkpoints):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for name in ("zzz-other.pt", "nb201-1563.pt", "nb201-781.pt", "nb101-100.pt"):
+        shutil.copy(tiny_checkpoints / "nb201-tiny.pt", ck / name)
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "r1").mkdir(parents=True)
+    shutil.copy(tiny_checkpoints / "nb201-tiny.pt", runs_dir / "r1" / "best_ema.pt")
+    (runs_dir / "r1" / "config.json").write_text(json.dumps({"space": "nb201"}))
+    (runs_dir / "r2").mkdir()
+    shutil.copy(tiny_checkpoints / "nb201-tiny.pt", runs_dir / "r2" / "best.pt")
+    (runs_dir / "r2" / "config.json").write_text(json.dumps({"space": "nb101"}))
+    monkeypatch.setenv("NARFORMER_CHECKPOINT_DIR", str(ck))
+    monkeypatch.setenv("NARFORMER_RUNS_DIR", str(runs_dir))
+    labels = [r.label for r in svc.find_checkpoints("nb201")]
+    assert labels == ["nb201-781 (shipped)", "nb201-1563 (shipped)", "zzz-other (shipped)", "runs/r1/best_ema.pt"]
+    assert [r.label for r in svc.find_checkpoints("nb101")] == ["nb101-100 (shipped)", "zzz-other (shipped)",
+                                                                  "runs/r2/best.pt"]
+    assert len(svc.find_checkpoints(None)) == 6
+
+
+def test_predict_chunk_agrees_with_the_predictor(tiny_checkpoints):
+    from narformer_core.tasks import load_task
+
+    p = svc.load_predictor(str(tiny_checkpoints / "nb201-tiny.pt"))
+    full = p.predict(load_task("nb201"))
+    np.testing.assert_allclose(svc.predict_chunk(p, "nb201", 1000, 1500), full[1000:1500], rtol=1e-5, atol=1e-4)
+    g = nb201.to_graph(nb201.enumerate_all()[1234])
+    assert svc.predict_graph(p, g) == pytest.approx(full[1234], abs=1e-3)
+    with pytest.raises(GraphError, match="nb201 cells, not nb101"):
+        svc.predict_chunk(p, "nb101", 0, 10)
+    info = svc.checkpoint_summary(p)
+    assert info["space"] == "nb201" and info["train_size"] == 64 and info["labels"] == "analog"
+
+
+def test_predict_chunk_uses_the_target_map(tiny_checkpoints):
+    """A quantile-target checkpoint maps back to percent through its training labels."""
+    from narformer_core.targets import TargetMap
+
+    p = svc.load_predictor(str(tiny_checkpoints / "nb201-tiny.pt"))
+    raw_pct = svc.predict_chunk(p, "nb201", 0, 200)
+    p.meta["target"] = TargetMap("quantile", train_labels=[10.0, 50.0, 90.0])
+    mapped = svc.predict_chunk(p, "nb201", 0, 200)
+    np.testing.assert_allclose(mapped, np.interp(raw_pct / 100.0, [0, 0.5, 1], [10, 50, 90]), atol=1e-3)
+
+
+def test_nb201_ground_truth_rows():
+    i = nb201.index_of(svc.nb201_default_cell())
+    df = svc.nb201_ground_truth(i)
+    row = df[df["source"] == "analog"].iloc[0]
+    y = svc.nb201_labels("analog")
+    assert row["accuracy %"] == pytest.approx(round(float(y[i]), 2))
+    assert row["true rank"] == f"{int((y > y[i]).sum()) + 1:,} / 15,625"
+
+
+def test_nb101_graph_errors_are_graph_errors():
+    with pytest.raises(GraphError, match="upper triangular"):
+        svc.nb101_graph(np.tril(np.ones((7, 7), int)), svc.NB101_DEFAULT_OPS)
+    g = svc.nb101_graph(svc.NB101_DEFAULT_MATRIX, svc.NB101_DEFAULT_OPS)
+    assert g.space == "nb101" and g.meta["hash"] == nb101.module_hash(svc.NB101_DEFAULT_MATRIX, svc.NB101_DEFAULT_OPS)
+
+
+def test_token_matrices_and_labels():
+    g = nb201.to_graph(svc.nb201_default_cell())
+    values, rows, parts = svc.cell_token_matrix(g)
+    assert values.shape == (9, 192) and rows[-1] == "8 end token" and len(parts) == 192
+    from narformer_core.onnx_import import load_onnx
+    from test_app_support import small_onnx_bytes
+
+    net = load_onnx(small_onnx_bytes())
+    values, rows, parts = svc.network_token_matrix(net)
+    assert values.shape == (len(net) + 1, 480) and len(set(parts)) == 15
+
+
+def test_import_onnx_refuses_bad_bytes():
+    for data in (b"", b"\x00\x01garbage" * 10):
+        with pytest.raises(GraphError):
+            svc.import_onnx(data)
+
+
+def test_human_numbers():
+    assert svc.human(1_820_000_000) == "1.82 G" and svc.human(11_690_000, "B") == "11.69 MB" and svc.human(12) == "12"
+
+
+def test_optional_modules():
+    assert svc.optional("definitely_not_a_module") is None
+    assert svc.optional("graph") is not None
+
+
+# ---------------------------------------------------------------- plots
+def test_cell_dag_layout_and_edges():
+    g = nb201.to_graph(svc.nb201_default_cell())
+    x, y = plots.dag_layout(g)
+    assert x[0] == 0 and x[7] == max(x)
+    for j, i in g.edges():
+        assert x[j] < x[i]                                  # every edge points right
+    fig = plots.cell_dag(g)
+    assert len(fig.layout.annotations) == len(g.edges())    # one arrow per edge
+
+
+def test_token_heatmap_hover_names_slots():
+    values = np.arange(12, dtype=np.float32).reshape(2, 6)
+    fig = plots.token_heatmap(values, ["0 a", "1 b"], ["p", "p", "q", "q", "q", "r"])
+    assert fig.data[0].customdata[1][3] == "q [1]"
+    assert list(fig.layout.xaxis.ticktext) == ["p", "q", "r"]
+    assert len(fig.layout.shapes) == 2                      # separators between the three parts
+    with pytest.raises(ValueError, match="does not match"):
+        plots.token_heatmap(values, ["0", "1"], ["p"] * 5)
+
+
+def test_curves_and_rank_plots():
+    import pandas as pd
+
+    df = pd.DataFrame({"epoch": [1, 2, 3], "wall_s": [1.0, 2.0, 3.5], "val_tau": [0.1, 0.2, 0.3],
+                       "val_tau_ema": [0.1, 0.15, 0.25], "loss": [1, 0.5, 0.4], "mse": [1, 1, 1],
+                       "rank": [0, 0, 0], "cons": [0, 0, 0]})
+    fig = plots.tau_curves({"a": df, "b": df.head(0)}, x="wall_s")
+    assert [t.name for t in fig.data] == ["a · raw", "a · EMA"] and list(fig.data[0].x) == [1.0, 2.0, 3.5]
+    assert plots.loss_curves({"a": df}).data[0].visible is True
+    sc = plots.pred_vs_truth(np.array([1.0, 2.0, np.nan]), np.array([1.5, 2.5, 3.0]))
+    assert len(sc.data[0].x) == 2
+    h = plots.rank_error_hist({"x": np.array([1, -1, 0]), "y": np.array([0, 0])})
+    assert [t.name for t in h.data] == ["x", "y"]
+    assert plots.value_histogram(np.array([1.0, 2.0, 3.0]), 2.0, log_x=True).layout.xaxis.title.text.startswith("log10")
