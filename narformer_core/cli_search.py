@@ -256,7 +256,8 @@ def search_bench(algos, budgets, seeds, labels="nb201-val", test_labels=("nb201-
             results.append(r)
             per_run.append({"algo": algo, "seed": seed, "wall_s": r.wall_s, "cpu_s": r.cpu_s,
                             "best_curve": [float(x) for x in r.best_curve()],
-                            **{f"best_at_{b}": r.prefix(b).to_dict(history=False)["best"] for b in budgets}})
+                            **{f"best_at_{b}": r.prefix(b).to_dict(history=False)["best"] for b in budgets},
+                            **({"pareto": r.pareto} if r.pareto else {})})
             if progress:
                 progress(algo, seed, r)
         for b in budgets:
