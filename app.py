@@ -116,7 +116,7 @@ def home() -> None:
         b1.button("🎲 Random cell", key="home_random", on_click=randomize, width="stretch")
         b2.button("↺ Reset", key="home_reset", on_click=reset, width="stretch")
         arch = nb201.to_arch_str(ops)
-        st.code(arch, language=None)
+        st.code(arch, language=None, wrap_lines=True)
 
     graph = nb201.to_graph(ops)
     index = nb201.index_of(ops)
@@ -153,7 +153,7 @@ def home() -> None:
                     allp = all_predictions(ref)
                 rank, pct = svc.rank_and_percentile(float(allp[index]), allp)
                 m1, m2 = st.columns(2)
-                m1.metric("Predicted rank", f"{rank:,} / {nb201.N_ARCHS:,}")
+                m1.metric(f"Predicted rank of {nb201.N_ARCHS:,}", f"{rank:,}", help="1 = the best predicted cell")
                 m2.metric("Percentile", f"{pct:.1f} %", help="share of all cells predicted below this one")
     with truth_col:
         st.markdown("**Ground truth** (measured by training the cell)")

@@ -101,7 +101,7 @@ def show_cell_prediction(graph: ArchGraph, space: str, key: str) -> None:
         with st.spinner("Ranking among all 15,625 cells (once per checkpoint)…", show_time=True):
             allp = np.concatenate([predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION) for a, b in spans])
         rank, pct = svc.rank_and_percentile(float(allp[nb201.index_of(graph.ops[1:7])]), allp)
-        c2.metric("Predicted rank", f"{rank:,} / {len(allp):,}")
+        c2.metric(f"Predicted rank of {len(allp):,}", f"{rank:,}", help="1 = the best predicted cell")
         c3.metric("Percentile", f"{pct:.1f} %", help="share of all cells predicted below this one")
     else:
         task = predictor.task()
@@ -270,7 +270,7 @@ if t_nb201.open:
             cols = st.columns(3)
             ops = tuple(cols[k % 3].selectbox(names[k], nb201.OPS, key=f"arch_nb201_edge_{k}",
                                               format_func=lambda o: svc.SHORT_OPS[o]) for k in range(6))
-            st.code(nb201.to_arch_str(ops), language=None)
+            st.code(nb201.to_arch_str(ops), language=None, wrap_lines=True)
         graph = nb201.to_graph(ops)
         with right:
             st.plotly_chart(plots.cell_dag(graph), key="arch_nb201_dag", width="stretch")

@@ -40,7 +40,7 @@ def test_nb201_tab_draws_cell_tokens_prediction_and_truth(at):
     no_exception(at)
     out = texts(at)
     assert "Predicted accuracy" in out and "Predicted rank" in out
-    assert "/ 15,625" in out
+    assert "Predicted rank of 15,625" in out
     truth = table(at, "true rank")
     assert "analog" in list(truth["source"])
     heat = [f for f in charts(at) if any(t.get("type") == "heatmap" for t in f["data"])]

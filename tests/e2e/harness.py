@@ -87,11 +87,13 @@ def browser_page(width: int = 1400, height: int = 1000):
 
 
 def wait_idle(page, timeout_s: float = 180.0) -> None:
-    """Until the script run finished: Streamlit's running indicator is gone (checked twice)."""
+    """Until the script run finished and drew: no running indicator, no placeholder skeletons,
+    three checks in a row."""
     deadline = time.perf_counter() + timeout_s
     calm = 0
     while time.perf_counter() < deadline:
-        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
+        running = (page.locator('[data-testid="stStatusWidget"]').count() > 0
+                   or page.locator('[data-testid="stSkeleton"]').count() > 0)
         calm = 0 if running else calm + 1
         if calm >= 3:
             return
@@ -99,14 +101,46 @@ def wait_idle(page, timeout_s: float = 180.0) -> None:
     raise TimeoutError("the app kept running")
 
 
+# Plotly keeps numeric arrays sent as typed arrays as {dtype, bdata, shape, _inputArray}.
+_JS_LEN = """() => {
+    const dims = a => !a ? [0, 0]
+        : a.shape ? String(a.shape).split(',').map(Number).concat([1]).slice(0, 2)
+        : a._inputArray ? [a._inputArray.length, 1]
+        : [a.length || 0, (a[0] && a[0].length) || 1];
+    const len = a => dims(a)[0];
+    return """
+
+
 def plotly_traces(page) -> list[dict]:
     """Type, name and point count of every trace of every plotly chart on the page."""
-    return page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(
+    return page.evaluate(_JS_LEN + """Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(
         (el, i) => (el.data || []).map(t => ({chart: i, type: t.type || 'scatter', name: t.name || '',
-            n: (t.x && t.x.length) || (t.z && t.z.length) || 0})))""")
+            n: len(t.x) || len(t.z)})))}""")
 
 
 def select_option(page, label: str, option: str) -> None:
     """Pick ``option`` in the st.selectbox labelled ``label``."""
     page.get_by_role("combobox", name=label, exact=True).first.click()
     page.get_by_role("option", name=option, exact=True).first.click()
+
+
+def heatmap_shapes(page) -> list[tuple[int, int]]:
+    """(rows, columns) of every heatmap on the page."""
+    return [tuple(s) for s in page.evaluate(_JS_LEN + """Array.from(document.querySelectorAll('.js-plotly-plot'))
+        .flatMap(el => (el.data || []).filter(t => t.type === 'heatmap').map(t => dims(t.z)))}""")]
+
+
+def metric_value(page, label: str) -> str:
+    """The value shown by the st.metric labelled ``label``."""
+    m = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
+    return m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def wait_until(page, predicate, timeout_s: float = 180.0, every_ms: int = 500):
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        value = predicate()
+        if value:
+            return value
+        page.wait_for_timeout(every_ms)
+    raise TimeoutError("condition not met in the browser in time")
