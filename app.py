@@ -40,9 +40,10 @@ def predicted_chunk(path: str, mtime: float, start: int, stop: int, version: int
 
 
 @st.cache_resource
-def finished_predictions() -> set:
-    """Checkpoints whose 15,625 predictions are all cached (then no progress bar is drawn)."""
-    return set()
+def prediction_store() -> dict:
+    """(checkpoint path, mtime) -> all 15,625 predictions, once assembled: a rerun then costs a
+    dict lookup instead of 16 cache reads."""
+    return {}
 
 
 @st.cache_data(show_spinner=False)
@@ -51,20 +52,19 @@ def ground_truth(index: int):
 
 
 def all_predictions(ref: svc.CheckpointRef) -> np.ndarray:
+    store = prediction_store()
     key = (ref.path, ref.mtime)
-    spans = svc.chunks(nb201.N_ARCHS)
-    bar = None
-    if key not in finished_predictions():
-        bar = st.progress(0.0, text="Predicting all 15,625 cells once for this checkpoint…")
-    parts = []
-    for k, (a, b) in enumerate(spans):
-        parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
-        if bar is not None:
-            bar.progress((k + 1) / len(spans), text=f"Predicting all 15,625 cells once for this checkpoint… {b:,}")
-    if bar is not None:
+    if key not in store:
+        spans = svc.chunks(nb201.N_ARCHS)
+        text = "Predicting all 15,625 cells once for this checkpoint…"
+        bar = st.progress(0.0, text=text)
+        parts = []
+        for k, (a, b) in enumerate(spans):
+            parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
+            bar.progress((k + 1) / len(spans), text=f"{text} {b:,}")
         bar.empty()
-    finished_predictions().add(key)
-    return np.concatenate(parts)
+        store[key] = np.concatenate(parts)
+    return store[key]
 
 
 def randomize() -> None:

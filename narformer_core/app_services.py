@@ -141,9 +141,10 @@ def load_predictor(path: str, mtime: float | None = None):
 
     from .predictors import NARFormerPredictor
 
-    # The app predicts one cell at a time or all at once in the background of a page; two
-    # intra-op threads fight the training runs on a 2-core machine for little gain.
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # One intra-op thread. Measured on the project's shared 2-core machine (load ~5): one cell took
+    # 24 ms with 1 thread and 840 ms with 2 (every small op waits for the second thread to be
+    # scheduled), and 1,024 cells 2.5 s against 8 s. The app mostly predicts one cell at a time.
+    torch.set_num_threads(1)
     return NARFormerPredictor.from_checkpoint(path)
 
 
@@ -240,7 +241,10 @@ def nb201_sources() -> dict[str, str]:
     return {k: LABEL_SOURCES[k] for k in keep}
 
 
+@lru_cache(maxsize=None)
 def nb201_labels(source: str) -> np.ndarray:
+    """Labels of one source (read-only, cached: the loader re-parses 15,625 arch strings per call,
+    about a second of every composed cell's ground truth before this cache)."""
     from .data.nb201 import load_labels
 
     return load_labels(source)

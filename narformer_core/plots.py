@@ -66,11 +66,10 @@ def cell_dag(graph: ArchGraph, title: str | None = None, height: int | None = No
         ey += [y[j], y[i], None]
     fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="#888", width=1 if big else 1.6),
                              hoverinfo="skip", showlegend=False))
-    if not big:
-        for j, i in graph.edges():
-            fig.add_annotation(x=x[i], y=y[i], ax=x[j], ay=y[j], xref="x", yref="y", axref="x", ayref="y",
-                               showarrow=True, arrowhead=3, arrowsize=1.2, arrowwidth=1.4,
-                               arrowcolor="#666", standoff=18, startstandoff=18, text="")
+    # Arrows as one list in the layout: add_annotation per edge re-validates the layout each time.
+    arrows = [] if big else [dict(x=x[i], y=y[i], ax=x[j], ay=y[j], xref="x", yref="y", axref="x", ayref="y",
+                                  showarrow=True, arrowhead=3, arrowsize=1.2, arrowwidth=1.4, arrowcolor="#666",
+                                  standoff=18, startstandoff=18, text="") for j, i in graph.edges()]
     hover = []
     for i, node in enumerate(graph.nodes):
         parts = [f"<b>node {i}</b>: {node.op}"]
@@ -95,7 +94,7 @@ def cell_dag(graph: ArchGraph, title: str | None = None, height: int | None = No
                                  textfont=dict(color="white", size=12), hoverinfo="skip", showlegend=False))
     span = max(y.max() - y.min(), 1.0) if n else 1.0
     fig.update_layout(
-        title=title, height=height or int(min(700, max(260, 120 + 70 * span))),
+        annotations=arrows, title=title, height=height or int(min(700, max(260, 120 + 70 * span))),
         margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
         xaxis=dict(visible=False, range=[x.min() - 0.5, x.max() + 0.5] if n else None),
         yaxis=dict(visible=False, range=[y.min() - 0.8, y.max() + 0.6] if n else None))

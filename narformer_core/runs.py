@@ -60,6 +60,7 @@ class RunSpec:
     batch_size: int = 128
     preset: str = "fast"
     labels: str | None = None
+    model: dict | None = None        # NARFormerConfig overrides on top of the preset's (--model-json)
 
     def check(self) -> "RunSpec":
         from .cli import PRESETS
@@ -77,6 +78,14 @@ class RunSpec:
             raise RunError(f"learning rate must be positive, got {self.lr}")
         if int(self.seed) < 0:
             raise RunError(f"seed must be non-negative, got {self.seed}")
+        if self.model is not None:
+            from dataclasses import fields
+
+            from .model import NARFormerConfig
+
+            unknown = sorted(set(self.model) - {f.name for f in fields(NARFormerConfig)})
+            if unknown:
+                raise RunError(f"unknown model settings {unknown}")
         return self
 
     def cli_args(self) -> list[str]:
@@ -86,6 +95,8 @@ class RunSpec:
                 "--batch-size", str(int(self.batch_size)), "--preset", self.preset]
         if self.labels:
             args += ["--labels", self.labels]
+        if self.model:
+            args += ["--model-json", json.dumps(self.model, sort_keys=True)]
         return args
 
 

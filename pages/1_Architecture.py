@@ -28,6 +28,21 @@ def predicted_chunk(path: str, mtime: float, start: int, stop: int, version: int
     return svc.predict_chunk(load_predictor(path, mtime), "nb201", start, stop)
 
 
+@st.cache_resource
+def prediction_store() -> dict:
+    """(checkpoint path, mtime) -> all 15,625 predictions, once assembled."""
+    return {}
+
+
+def all_predictions(ref) -> np.ndarray:
+    store = prediction_store()
+    if (ref.path, ref.mtime) not in store:
+        with st.spinner("Ranking among all 15,625 cells (once per checkpoint)…", show_time=True):
+            store[(ref.path, ref.mtime)] = np.concatenate(
+                [predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION) for a, b in svc.chunks(nb201.N_ARCHS)])
+    return store[(ref.path, ref.mtime)]
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _import_onnx(digest: str, max_bytes: int, _data: bytes) -> ArchGraph:
     return svc.import_onnx(_data, max_bytes=max_bytes)
@@ -97,9 +112,7 @@ def show_cell_prediction(graph: ArchGraph, space: str, key: str) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric("Predicted accuracy", f"{value:.2f} %")
     if space == "nb201":
-        spans = svc.chunks(nb201.N_ARCHS)
-        with st.spinner("Ranking among all 15,625 cells (once per checkpoint)…", show_time=True):
-            allp = np.concatenate([predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION) for a, b in spans])
+        allp = all_predictions(ref)
         rank, pct = svc.rank_and_percentile(float(allp[nb201.index_of(graph.ops[1:7])]), allp)
         c2.metric(f"Predicted rank of {len(allp):,}", f"{rank:,}", help="1 = the best predicted cell")
         c3.metric("Percentile", f"{pct:.1f} %", help="share of all cells predicted below this one")

@@ -39,15 +39,25 @@ def labels_of(source: str) -> np.ndarray:
     return svc.nb201_labels(source)
 
 
+@st.cache_resource
+def prediction_store() -> dict:
+    """(checkpoint path, mtime) -> all 15,625 predictions, once assembled."""
+    return {}
+
+
 def all_nb201(ref) -> np.ndarray:
-    spans = svc.chunks(nb201.N_ARCHS)
-    bar = st.progress(0.0, text="Predicting all 15,625 cells (cached per checkpoint)…")
-    parts = []
-    for k, (a, b) in enumerate(spans):
-        parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
-        bar.progress((k + 1) / len(spans), text="Predicting all 15,625 cells (cached per checkpoint)…")
-    bar.empty()
-    return np.concatenate(parts)
+    store = prediction_store()
+    if (ref.path, ref.mtime) not in store:
+        spans = svc.chunks(nb201.N_ARCHS)
+        text = "Predicting all 15,625 cells (once per checkpoint)…"
+        bar = st.progress(0.0, text=text)
+        parts = []
+        for k, (a, b) in enumerate(spans):
+            parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
+            bar.progress((k + 1) / len(spans), text=text)
+        bar.empty()
+        store[(ref.path, ref.mtime)] = np.concatenate(parts)
+    return store[(ref.path, ref.mtime)]
 
 
 st.title("🏆 Rankings")

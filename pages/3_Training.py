@@ -11,6 +11,10 @@ from narformer_core import plots, runs
 
 st.set_page_config(page_title="Training · NAR-Former Explorer", page_icon="🏋️", layout="wide")
 REFRESH_S = 2.0
+# Model sizes on offer: the preset's own, or smaller ones that train in seconds per epoch on a CPU.
+MODELS = {"preset": None,
+          "small (d=64, 2+3 blocks)": {"d_model": 64, "n_heads": 4, "ffn_dim": 128, "depths": [2, 1, 1, 1]},
+          "tiny (d=32, 1+3 blocks)": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]}}
 
 st.title("🏋️ Training")
 root = runs.runs_dir()
@@ -35,11 +39,15 @@ with st.expander("🚀 Launch a new run", expanded=not any_active):
         preset = c[3].selectbox("Preset", ["fast", "paper"], key="train_preset",
                                 help="fast: our time-to-accuracy protocol; paper: the published one "
                                      "(epochs, batch and learning rate above override either)")
-        name = st.text_input("Run name (empty: automatic)", key="train_name")
+        c = st.columns([1, 3])
+        model = c[0].selectbox("Model size", list(MODELS), key="train_model",
+                               help="the preset's model, or a smaller one for a quick look on a CPU")
+        name = c[1].text_input("Run name (empty: automatic)", key="train_name")
         submitted = st.form_submit_button("🚀 Launch", key="train_launch", type="primary")
     if submitted:
         spec = runs.RunSpec(space=space, train_size=int(train_size), val_size=int(val_size), epochs=int(epochs),
-                            seed=int(seed), lr=float(lr), batch_size=int(batch), preset=preset)
+                            seed=int(seed), lr=float(lr), batch_size=int(batch), preset=preset,
+                            model=MODELS[model])
         try:
             info = runs.start_run(spec, name or None, root)
         except runs.RunError as e:

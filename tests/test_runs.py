@@ -194,6 +194,14 @@ def test_bad_names_and_settings_are_refused(fake):
     assert not (root / "zero").exists()
 
 
+def test_model_overrides_reach_the_command_line(fake):
+    info = runs.start_run(runs.RunSpec(epochs=1, model={"d_model": 32, "n_heads": 2}), "small")
+    cmd = " ".join(__import__("json").loads((info.path / "launch.json").read_text())["command"])
+    assert '--model-json {"d_model": 32, "n_heads": 2}' in cmd
+    with pytest.raises(runs.RunError, match="unknown model settings"):
+        runs.start_run(runs.RunSpec(model={"width": 3}), "bad-model")
+
+
 def test_partial_metrics_line_is_skipped(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "val_tau": 0.5, "val_tau_ema": 0.4}\n{"epoch": 2, "val_t')
     df = runs.read_metrics(tmp_path)
@@ -210,7 +218,8 @@ def test_pid_alive():
 def test_real_training_run_from_the_command_line(tmp_path, monkeypatch):
     """The real ``python -m narformer_core train`` in the background: metrics appear, it finishes."""
     monkeypatch.setenv("NARFORMER_RUNS_DIR", str(tmp_path))
-    spec = runs.RunSpec(train_size=16, val_size=16, epochs=2, batch_size=16, labels="analog")
+    spec = runs.RunSpec(train_size=16, val_size=16, epochs=2, batch_size=16, labels="analog",
+                        model={"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]})
     runs.start_run(spec, "real")
     try:
         done = wait_for(lambda: (r := runs.get_run("real")).state in ("finished", "failed", "crashed") and r,

@@ -126,6 +126,7 @@ def test_launch_training_and_see_the_tau_curve_grow(app):
     for label, value in (("Training architectures", "16"), ("Validation architectures", "16"), ("Epochs", "6"),
                          ("Batch size", "16")):
         page.get_by_role("spinbutton", name=label, exact=True).fill(value)
+    select_option(page, "Model size", "tiny (d=32, 1+3 blocks)")
     page.get_by_role("textbox", name="Run name (empty: automatic)").fill("e2e")
     page.get_by_role("button", name="Launch").click()
     page.get_by_text("Started").first.wait_for()
