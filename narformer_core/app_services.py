@@ -45,7 +45,7 @@ PREDICTIONS_VERSION = 2
 # The NB201 macro network a cell is measured in (the benchmark's CIFAR-10 network).
 NB201_NETWORK = {"channels": 16, "cells_per_stage": 5, "resolution": 32}
 SHORT_OPS = {"none": "none", "skip_connect": "skip", "nor_conv_1x1": "conv 1x1",
-             "nor_conv_3x3": "conv 3x3", "avg_pool_3x3": "avg pool 3x3"}
+             "nor_conv_3x3": "conv 3x3", "avg_pool_3x3": "avg pool"}
 
 
 # ------------------------------------------------------------------ locations and optional modules
@@ -566,11 +566,14 @@ def baseline_names() -> list[str]:
 
 
 def fit_baseline(name: str, predictor, labels: str | None = None, seed: int = 0) -> np.ndarray:
-    """Fit baseline ``name`` on the checkpoint's own training split; predictions for all cells."""
+    """Fit baseline ``name`` on the checkpoint's own training split; predictions for all cells.
+
+    ``labels`` replaces the checkpoint's label source (same cells, other measurements).
+    """
     mod = optional("baselines")
     if mod is None:
         raise GraphError("baselines (narformer_core/baselines.py) are not available yet")
-    task = predictor.task(labels) if labels else predictor.task()
+    task = predictor.task(labels, labels) if labels else predictor.task()
     b = mod.make_predictor(name)
     b.fit(task, predictor.meta["train_idx"], predictor.meta["val_idx"], seed=seed)
     return np.asarray(b.predict(task), dtype=np.float64)

@@ -30,8 +30,8 @@ def nb101_predictions(path: str, mtime: float) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, persist="disk", max_entries=32)
-def baseline_predictions(name: str, path: str, mtime: float) -> np.ndarray:
-    return svc.fit_baseline(name, load_predictor(path, mtime))
+def baseline_predictions(name: str, path: str, mtime: float, labels: str | None) -> np.ndarray:
+    return svc.fit_baseline(name, load_predictor(path, mtime), labels)
 
 
 @st.cache_data(show_spinner=False)
@@ -125,10 +125,17 @@ if not names:
 else:
     chosen = st.multiselect("Baselines beside NAR-Former (fitted on the checkpoint's own training split)",
                             names, key="rank_baselines")
+    # The checkpoint's own labels when this machine has them, else the embedded ones (same cells).
+    fit_labels = None
+    if space == "nb201" and info["labels"] not in svc.nb201_sources():
+        fit_labels = "analog"
+        if chosen:
+            st.caption(f"The checkpoint was trained on {info['labels']} labels, which are not on this machine; "
+                       "the baselines are fitted on the same cells with the embedded analog labels.")
     for name in chosen:
         try:
             with st.spinner(f"Fitting {name} on {info['train_size']} architectures…", show_time=True):
-                bp = baseline_predictions(name, ref.path, ref.mtime)
+                bp = baseline_predictions(name, ref.path, ref.mtime, fit_labels)
         except (ValueError, OSError, RuntimeError) as e:
             st.warning(f"{name}: {e}")
             continue

@@ -39,15 +39,17 @@ with st.expander("🚀 Launch a new run", expanded=not any_active):
         preset = c[3].selectbox("Preset", ["fast", "paper"], key="train_preset",
                                 help="fast: our time-to-accuracy protocol; paper: the published one "
                                      "(epochs, batch and learning rate above override either)")
-        c = st.columns([1, 3])
+        c = st.columns([1, 1, 2])
         model = c[0].selectbox("Model size", list(MODELS), key="train_model",
                                help="the preset's model, or a smaller one for a quick look on a CPU")
-        name = c[1].text_input("Run name (empty: automatic)", key="train_name")
+        threads = c[1].number_input("CPU threads", 1, 64, 1, key="train_threads",
+                                    help="torch threads of the run; on a busy machine one is fastest")
+        name = c[2].text_input("Run name (empty: automatic)", key="train_name")
         submitted = st.form_submit_button("🚀 Launch", key="train_launch", type="primary")
     if submitted:
         spec = runs.RunSpec(space=space, train_size=int(train_size), val_size=int(val_size), epochs=int(epochs),
                             seed=int(seed), lr=float(lr), batch_size=int(batch), preset=preset,
-                            model=MODELS[model])
+                            model=MODELS[model], threads=int(threads))
         try:
             info = runs.start_run(spec, name or None, root)
         except runs.RunError as e:

@@ -31,8 +31,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "e2e")]
 from harness import (browser_page, chromium_available, free_port, metric_value, select_option,  # noqa: E402
                      streamlit_app, wait_idle)
 
-EDGE, OPTIONS = "edge 2 → 3", ["none", "conv 1x1", "avg pool 3x3", "conv 3x3", "skip"]
-ARCH_OPS = {"none": "none", "conv 1x1": "nor_conv_1x1", "avg pool 3x3": "avg_pool_3x3",
+EDGE, OPTIONS = "edge 2 → 3", ["none", "conv 1x1", "avg pool", "conv 3x3", "skip"]
+ARCH_OPS = {"none": "none", "conv 1x1": "nor_conv_1x1", "avg pool": "avg_pool_3x3",
             "conv 3x3": "nor_conv_3x3", "skip": "skip_connect"}
 
 

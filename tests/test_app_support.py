@@ -26,7 +26,7 @@ def tiny_checkpoint_dir(base: Path) -> Path:
     from narformer_core.train import TrainConfig, train
 
     cfg = TrainConfig(model=dict(TINY_MODEL), epochs=2, train_size=64, val_size=32, labels="analog",
-                      device="cpu", save_every_s=1e9, batch_size=32)
+                      device="cpu", save_every_s=1e9, batch_size=32, threads=1)
     run = base / "narformer-tiny-run"
     train(cfg, run, resume=False, progress=False)
     out.mkdir(parents=True, exist_ok=True)

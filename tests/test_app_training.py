@@ -132,3 +132,13 @@ def test_another_tab_sees_the_same_runs(at, monkeypatch):
     wait_for(lambda: runs.get_run("shared").state == "finished")
     other = new_page(PAGE).run()                      # a second session: nothing shared but the disk
     assert "shared" in list(table(other, "run")["run"])
+
+
+def test_model_size_choice_reaches_the_run(at):
+    import json
+
+    at.run()
+    at.selectbox(key="train_model").set_value("tiny (d=32, 1+3 blocks)")
+    launch(at, "tiny-model", epochs=1)
+    spec = json.loads((runs.get_run("tiny-model").path / "launch.json").read_text())["spec"]
+    assert spec["model"] == {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]}

@@ -202,6 +202,16 @@ def test_model_overrides_reach_the_command_line(fake):
         runs.start_run(runs.RunSpec(model={"width": 3}), "bad-model")
 
 
+def test_threads_reach_the_training_process(fake, tmp_path, monkeypatch):
+    script = tmp_path / "env_probe.py"
+    script.write_text("import os\nprint('threads', os.environ.get('OMP_NUM_THREADS'), flush=True)\n")
+    monkeypatch.setattr(runs, "TRAIN_ENTRY", (str(script),))
+    runs.start_run(runs.RunSpec(threads=3), "probe")
+    wait_for(lambda: "threads 3" in runs.log_tail(runs.get_run("probe")))
+    with pytest.raises(runs.RunError, match="threads"):
+        runs.start_run(runs.RunSpec(threads=0), "nothreads")
+
+
 def test_partial_metrics_line_is_skipped(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "val_tau": 0.5, "val_tau_ema": 0.4}\n{"epoch": 2, "val_t')
     df = runs.read_metrics(tmp_path)
