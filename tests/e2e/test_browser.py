@@ -120,11 +120,12 @@ def test_upload_onnx_and_see_the_heatmap(app):
 
 
 def test_launch_training_and_see_the_tau_curve_grow(app):
-    url, page, _ = app
+    url, page, base = app
     page.goto(f"{url}/Training")
     page.get_by_text("Launch a new run").wait_for()
-    for label, value in (("Training architectures", "16"), ("Validation architectures", "16"), ("Epochs", "6"),
-                         ("Batch size", "16")):
+    # Many epochs of a tiny model: the curve grows every refresh, and the run is stopped from the page.
+    for label, value in (("Training architectures", "32"), ("Validation architectures", "32"),
+                         ("Epochs", "3000"), ("Batch size", "16")):
         page.get_by_role("spinbutton", name=label, exact=True).fill(value)
     select_option(page, "Model size", "tiny (d=32, 1+3 blocks)")
     page.get_by_role("textbox", name="Run name (empty: automatic)").fill("e2e")
@@ -134,10 +135,16 @@ def test_launch_training_and_see_the_tau_curve_grow(app):
     def points() -> int:
         return max((t["n"] for t in plotly_traces(page) if t["name"] == "e2e · raw"), default=0)
 
-    first = wait_until(page, points, timeout_s=600, every_ms=1000)
-    grown = wait_until(page, lambda: points() > first and points(), timeout_s=600, every_ms=1000)
+    first = wait_until(page, points, timeout_s=600, every_ms=500)
+    grown = wait_until(page, lambda: points() > first and points(), timeout_s=300, every_ms=500)
     assert grown > first >= 1
     shot(page, "training")
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("e2e is stopped").wait_for(timeout=300_000)
+    from narformer_core import runs
+
+    info = runs.get_run("e2e", base / "runs")
+    assert info.state == "stopped" and info.epoch < 3000 and info.resumable
 
 
 def test_screenshots_of_the_other_pages(app):
