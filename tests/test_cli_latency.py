@@ -58,7 +58,8 @@ def tiny_dataset(tmp_path_factory):
                 data = conv_onnx(ch, size, layers)
                 g = load_onnx(data)
                 m = measure_onnx(data, warmup=1, repeats=7)
-                ds._append(path, {"spec_id": f"{fam}-{ch}-{size}", "family": fam, "graph": g.to_dict(),
+                cpu = ds.cpu_time_ms(data, warmup=1, repeats=5)
+                ds._append(path, {**cpu, "spec_id": f"{fam}-{ch}-{size}", "family": fam, "graph": g.to_dict(),
                                   "graph_hash": g.stable_hash(), "static": static_features(g),
                                   "median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "std_ms": m.std_ms,
                                   "repeats": m.repeats, "platform": m.platform,
@@ -73,6 +74,7 @@ def test_measure_prints_json_and_stores(capsys, tiny_onnx, tmp_path):
     assert code == 0, err
     d = json.loads(out)
     assert d["latency_ms"] > 0 and d["repeats"] >= 5 and d["platform"]["threads"] == 1
+    assert d["cpu_median_ms"] > 0
     # MACs of the two convs plus one op per ReLU output element
     assert d["static"]["flops"] == 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 8 * 9 + 2 * 16 * 16 * 8
     from narformer_core.latency.db import LatencyDB
@@ -91,7 +93,7 @@ def test_train_then_predict_latency(capsys, tiny_dataset, tiny_onnx, tmp_path):
     code, out, err = run(capsys, "predict-latency", tiny_onnx, "--checkpoint", ckpt, "--json")
     assert code == 0, err
     d = json.loads(out)
-    assert d["latency_ms"] > 0 and d["predictor"] == "NAR-Former"
+    assert d["latency_ms"] > 0 and d["predictor"] == "NAR-Former" and d["same_platform_as_here"]
     assert set(d["static"]) == {"batch_size", "flops", "params", "memory_access"}
 
 
@@ -124,8 +126,9 @@ def test_bench_latency_table(capsys, tiny_dataset, tmp_path):
                          "--quiet", "--out", out_json)
     assert code == 0, err
     lines = out.splitlines()
-    assert "LOFO FLOPs regression" in lines[1] and lines[-1].startswith("average")
-    assert {ln.split()[0] for ln in lines[3:-1]} == {"one", "two", "three"}
+    assert lines[0].startswith("24 networks") and "cpu_median_ms" in lines[0]
+    assert "LOFO FLOPs regression" in lines[2] and lines[-1].startswith("average")
+    assert {ln.split()[0] for ln in lines[4:-1]} == {"one", "two", "three"}
     res = json.loads(out_json.read_text())
     assert set(res["in_domain"]["FLOPs regression"]) == {"one", "two", "three"}
     assert res["average"]["lofo"]["FLOPs regression"]["mape"] >= 0

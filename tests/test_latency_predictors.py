@@ -106,3 +106,38 @@ def test_bad_inputs(measured, tmp_path):
         load_predictor(other)
     with pytest.raises(LatencyCheckpointError, match="no latency checkpoint"):
         load_predictor(tmp_path / "missing.pt")
+
+
+def test_splits_batches_and_targets():
+    from narformer_core.latency.train_latency import (LatencyTarget, family_split, length_batches,
+                                                      nb201_device_split)
+
+    fams = ["a"] * 20 + ["b"] * 9 + ["c"] * 1
+    tr, te = family_split(fams, seed=0)
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 30
+    assert [int(np.sum(np.asarray(fams)[te] == f)) for f in "abc"] == [2, 1, 0]
+    lengths = np.random.default_rng(0).integers(5, 300, 100)
+    batches = length_batches(lengths, 8, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(100))
+    known = np.ones(2000, bool)
+    a, b, c = nb201_device_split(known, 0.05, seed=0)
+    assert (len(a), len(b), len(c)) == (100, 200, 1700) and not set(a) & set(b) | set(a) & set(c)
+    ms = np.array([0.5, 2.0, 30.0, 400.0])
+    for kind in ("log", "ms", "residual"):
+        off = np.log(ms) * 0.9 if kind == "residual" else None
+        t = LatencyTarget.fit(kind, ms, off)
+        t2 = LatencyTarget.from_state(t.state())
+        np.testing.assert_allclose(t2.inverse(t.forward(ms, off), off), ms, rtol=1e-9)
+
+
+def test_nb201_device_run_tiny():
+    from narformer_core.data import DataUnavailable
+    from narformer_core.latency.train_latency import nb201_device_run
+
+    tiny = {"d_model": 16, "n_heads": 2, "ffn_dim": 32, "depths": (1, 1, 1, 1), "head_hidden": 32}
+    try:
+        r = nb201_device_run("gold_6226", 0.05, model=tiny, train={"epochs": 2, "eval_every": 1})
+    except DataUnavailable:
+        pytest.skip("shared NB201 latency tables not available")
+    assert r["n_train"] == 781 and r["n_val"] == 200 and r["n_test"] == 15625 - 981
+    assert 0 <= r["mape"] < 100 and 0 <= r["acc10"] <= 100 and -1 <= r["kendall_tau"] <= 1

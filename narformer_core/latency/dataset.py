@@ -5,6 +5,8 @@ One gzip-compressed JSON line per network::
     spec, spec_id, family, description, graph (ArchGraph.to_dict: structure, no weights),
     graph_hash, n_nodes, static (batch_size, flops, params, memory_access), median_ms, iqr_ms,
     std_ms, mean_ms, min_ms, p10_ms, p25_ms, p90_ms, repeats, samples_ms (every timed run),
+    cpu_median_ms, cpu_iqr_ms, cpu_min_ms, cpu_samples_ms (the inference thread's CPU time per
+    run, see :func:`cpu_time_ms`: steady on a busy machine where the wall clock is not),
     platform, platform_key, measured_at, load_avg (the 1-minute load average when the timing
     started), export_s, measure_options, schema
 
@@ -73,8 +75,12 @@ def _read_lines(path: Path) -> tuple[list[dict], bool]:
     return out, damaged
 
 
-def load_records(path: str | os.PathLike) -> list[dict]:
-    """Every complete record of a data set file (a damaged last line is skipped with a warning)."""
+def load_records(path: str | os.PathLike, require_graph: bool = True) -> list[dict]:
+    """Every complete record of a data set file (a damaged last line is skipped with a warning).
+
+    Re-measurement files carry no graphs (the first file has them): read them with
+    ``require_graph=False``.
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no latency data set at {path}")
@@ -82,7 +88,8 @@ def load_records(path: str | os.PathLike) -> list[dict]:
     if damaged:
         warnings.warn(f"{path}: the last line is incomplete (an interrupted build?); it was skipped")
     for i, r in enumerate(records):
-        missing = [k for k in ("spec_id", "graph", "median_ms") if k not in r]
+        missing = [k for k in ("spec_id", "graph", "median_ms") if k not in r
+                   and (require_graph or k != "graph")]
         if missing:
             raise DatasetError(f"{path} line {i + 1} is not a latency record: it lacks {missing}")
     return records
@@ -92,7 +99,7 @@ def record_graph(record: Mapping) -> ArchGraph:
     return ArchGraph.from_dict(record["graph"])
 
 
-LATENCY_COLUMNS = ("median_ms", "min_ms", "p10_ms", "p25_ms", "mean_ms")
+LATENCY_COLUMNS = ("median_ms", "min_ms", "p10_ms", "p25_ms", "mean_ms", "cpu_median_ms", "cpu_min_ms")
 
 
 def load_dataset(path: str | os.PathLike, families: Sequence[str] | None = None,
@@ -167,6 +174,35 @@ def _load_avg() -> float | None:
         return None
 
 
+def cpu_time_ms(data: bytes, *, threads: int = 1, warmup: int = 2, repeats: int = 20,
+                seed: int = 0) -> dict:
+    """Per-run CPU time of the calling thread (``time.thread_time``), in ms: median, IQR, min.
+
+    Why: on a shared machine the wall clock counts the time the OS gives to other processes.
+    With one intra-op thread onnxruntime computes on the calling thread, so that thread's CPU
+    time is the inference's own work, steady while the wall clock is not (measured on this
+    project's 2-core machine at load 7: wall IQR 20-60% of the median, thread time 2-10%).
+    It still moves with cache and memory-bandwidth contention. Only meaningful for threads=1.
+    """
+    from .measure import _open_session, _random_feeds
+
+    if threads != 1:
+        raise ValueError("thread CPU time measures single-threaded inference only (threads=1)")
+    session = _open_session(data, 1)
+    feeds, _ = _random_feeds(session, 1, np.random.default_rng(seed))
+    for _ in range(warmup):
+        session.run(None, feeds)
+    t = []
+    for _ in range(repeats):
+        c0 = time.thread_time()
+        session.run(None, feeds)
+        t.append(time.thread_time() - c0)
+    ms = np.asarray(t) * 1e3
+    q25, q50, q75 = np.percentile(ms, [25, 50, 75])
+    return {"cpu_median_ms": float(q50), "cpu_iqr_ms": float(q75 - q25), "cpu_min_ms": float(ms.min()),
+            "cpu_samples_ms": [round(float(x), 3) for x in ms]}
+
+
 def measure_spec(spec: Mapping, measure: Mapping | None = None) -> tuple[dict, ArchGraph]:
     """Export, import and time one zoo spec -> (record, graph)."""
     from ..features import static_features
@@ -183,6 +219,7 @@ def measure_spec(spec: Mapping, measure: Mapping | None = None) -> tuple[dict, A
     m = measure_onnx(data, threads=int(opts["threads"]), warmup=int(opts["warmup"]),
                      repeats=int(opts["repeats"]), min_seconds=float(opts["min_seconds"]),
                      batch_size=int(spec.get("batch_size", 1)))
+    cpu = cpu_time_ms(data, repeats=max(10, int(opts["repeats"]) // 2)) if int(opts["threads"]) == 1 else {}
     del data
     gd = graph.to_dict()
     record = {
@@ -195,6 +232,7 @@ def measure_spec(spec: Mapping, measure: Mapping | None = None) -> tuple[dict, A
         "p10_ms": float(np.percentile(m.samples_ms, 10)), "p25_ms": float(np.percentile(m.samples_ms, 25)),
         # Every timed run, to the microsecond: any other statistic can be computed later.
         "samples_ms": [round(x, 3) for x in m.samples_ms],
+        **cpu,
         "load_avg": load, "export_s": round(export_s, 3),
         "measure_options": {k: opts[k] for k in DEFAULT_MEASURE},
     }
@@ -304,8 +342,9 @@ def build_dataset(out: str | os.PathLike, n: int | None = None, *, extend: int =
             if on_record:
                 on_record(record)
             if bar:
-                bar.set_postfix_str(f"{record['family'][:12]} {record['median_ms']:.2f} ms, "
-                                    f"load {record['load_avg']}")
+                cpu = record.get("cpu_median_ms")
+                bar.set_postfix_str(f"{record['family'][:12]} {record['median_ms']:.2f} ms"
+                                    + (f" (cpu {cpu:.2f})" if cpu else "") + f", load {record['load_avg']}")
                 bar.update(1)
     finally:
         if bar:
@@ -352,6 +391,7 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
             mismatched += not same
             record.update({"first_median_ms": r0["median_ms"], "first_measured_at": r0.get("measured_at"),
                            "first_platform_key": r0.get("platform_key"), "same_graph": same})
+            del record["graph"]        # the first file has it; graph_hash ties the two together
             _append(out, record)
             if database is not None:
                 _store_in_db(database, record, graph, note=f"re-measurement {out.name}")
@@ -377,7 +417,7 @@ def test_retest(first: str | os.PathLike, second: str | os.PathLike, column: str
     from ..metrics import acc_within, kendall_tau, mape
 
     a = {r["spec_id"]: r for r in load_records(first)}
-    pairs = [(a[r["spec_id"]], r) for r in load_records(second)
+    pairs = [(a[r["spec_id"]], r) for r in load_records(second, require_graph=False)
              if r["spec_id"] in a and column in r and column in a[r["spec_id"]]]
     if not pairs:
         return {"n": 0, "column": column}
@@ -407,12 +447,16 @@ def summarize(path: str | os.PathLike) -> dict:
     for r in records:
         fams.setdefault(r.get("family", "?"), []).append(float(r["median_ms"]))
     rel_iqr = [r["iqr_ms"] / r["median_ms"] for r in records if r.get("median_ms")]
+    cpu_iqr = [r["cpu_iqr_ms"] / r["cpu_median_ms"] for r in records if r.get("cpu_median_ms")]
+    wall_cpu = [r["median_ms"] / r["cpu_median_ms"] for r in records if r.get("cpu_median_ms")]
     dates = sorted(r.get("measured_at", "") for r in records)
     return {
         "path": str(path), "records": len(records), "bytes": Path(path).stat().st_size,
         "platforms": sorted({r.get("platform_key", "?") for r in records}),
         "measured_from": dates[0] if dates else None, "measured_to": dates[-1] if dates else None,
         "median_relative_iqr_pct": round(float(np.median(rel_iqr)) * 100, 2) if rel_iqr else math.nan,
+        "median_relative_cpu_iqr_pct": round(float(np.median(cpu_iqr)) * 100, 2) if cpu_iqr else None,
+        "median_wall_over_cpu": round(float(np.median(wall_cpu)), 3) if wall_cpu else None,
         "families": {f: {"n": len(v), "min_ms": round(min(v), 3), "median_ms": round(float(np.median(v)), 3),
                          "max_ms": round(max(v), 3)} for f, v in sorted(fams.items())},
     }
