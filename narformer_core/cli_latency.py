@@ -178,7 +178,7 @@ def _json_arg(text: str | None, what: str) -> dict:
     return d
 
 
-def _factories(args) -> dict:
+def _factories(args, fingerprints: dict | None = None) -> dict:
     """Column name -> factory of a fresh predictor, from the command line options."""
     from .latency.predictors import KINDS, make_predictor
 
@@ -207,6 +207,10 @@ def _factories(args) -> dict:
             make[k]()
         except (TypeError, ValueError) as e:
             raise UserError(f"bad options for the {k} predictor: {e}") from None
+    fingerprint = {"narformer": json.dumps([nar_model, nar_train, static_raw], sort_keys=True),
+                   "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True)}
+    if fingerprints is not None:
+        fingerprints.update({names[k]: fingerprint[k] for k in kinds})
     return {names[k]: make[k] for k in kinds}
 
 
@@ -250,14 +254,22 @@ def bench_latency(args) -> int:
         if bad:
             raise UserError(f"--lofo-families {bad} are not in {dataset}")
     t0 = time.perf_counter()
-    res = latency_bench(graphs, y, fams, _factories(args), seed=args.seed, lofo=not args.no_lofo,
-                        lofo_families=lofo, progress=not args.quiet)
+    prints: dict = {}
+    factories = _factories(args, prints)
+    # Finished fits go to a cache beside --out, so a stopped benchmark resumes where it was.
+    cache = Path(str(args.out) + ".fits.jsonl") if args.out else None
+    res = latency_bench(graphs, y, fams, factories, seed=args.seed, lofo=not args.no_lofo,
+                        lofo_families=lofo, progress=not args.quiet, cache=cache, fingerprints=prints)
     res.update({"dataset": str(dataset), "n_networks": len(graphs), "column": args.column,
                 "platform_key": records[0].get("platform_key"), "seconds": round(time.perf_counter() - t0, 1),
                 "seed": args.seed})
     if getattr(args, "retest", None) and Path(args.retest).exists():
         from .latency.dataset import test_retest
-        floor = test_retest(dataset, args.retest, args.column)
+        try:
+            floor = test_retest(dataset, args.retest, args.column)
+        except ValueError as e:     # a bad floor file must not throw away the benchmark
+            floor = {"n": 0}
+            print(f"warning: no test-retest floor from {args.retest}: {e}", file=sys.stderr)
         if floor.get("n"):     # a re-measurement of other networks says nothing about these
             res["test_retest_floor"] = {k: v for k, v in floor.items() if k != "per_family"}
     if args.out:

@@ -132,6 +132,12 @@ def test_bench_latency_table(capsys, tiny_dataset, tmp_path):
     res = json.loads(out_json.read_text())
     assert set(res["in_domain"]["FLOPs regression"]) == {"one", "two", "three"}
     assert res["average"]["lofo"]["FLOPs regression"]["mape"] >= 0
+    # Every fit was cached beside --out; a second call takes them from there (same figures).
+    cache = tmp_path / "bench.json.fits.jsonl"
+    assert len(cache.read_text().splitlines()) == 4
+    code, out2, err = run(capsys, "bench", "latency", "--dataset", tiny_dataset, "--predictors", "flops",
+                          "--quiet", "--out", out_json)
+    assert code == 0 and out2 == out and len(cache.read_text().splitlines()) == 4
     code, out, err = run(capsys, "bench", "latency", "--dataset", tiny_dataset, "--predictors", "gbdt2")
     assert code == 2 and "unknown predictors" in err
 

@@ -484,7 +484,8 @@ def _scores(pred, truth, fam) -> dict:
 
 def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lofo: bool = True,
                   lofo_families: Sequence[str] | None = None, progress: bool = True,
-                  on_result: Callable[[dict], None] | None = None) -> dict:
+                  on_result: Callable[[dict], None] | None = None,
+                  cache: str | os.PathLike | None = None, fingerprints: dict | None = None) -> dict:
     """In-domain (90/10 per family) and leave-one-family-out scores of several predictors.
 
     ``predictors`` maps a column name to a factory ``() -> LatencyPredictor`` (a fresh, unfitted
@@ -492,8 +493,22 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
     training networks only; the test networks (and, out of domain, the whole held-out family)
     are never seen before scoring. Returns {"in_domain": {name: {family: scores}}, "lofo": ...,
     "average": ..., "fits": [timings]}.
+
+    ``cache``: a JSON-lines file every finished fit is appended to; a later call with the same
+    data, seed and predictor ``fingerprints`` (name -> any string describing its options) takes
+    those fits from it instead of training again, so a long benchmark can be stopped and resumed.
     """
     y_ms = np.asarray(y_ms, dtype=np.float64)
+    data_id = hashlib.sha256(json.dumps([np.round(y_ms, 6).tolist(), list(map(str, families))]).encode()
+                             ).hexdigest()[:12]
+    fingerprints = fingerprints or {}
+    done: dict = {}
+    cache = Path(cache) if cache else None
+    if cache and cache.exists():
+        for ln in cache.read_text().splitlines():
+            if ln.strip():
+                c = json.loads(ln)
+                done[(c["data"], c["seed"], c["setting"], c["held_out"], c["predictor"], c["fingerprint"])] = c
     fam = np.asarray([str(f) for f in families])
     res: dict = {"in_domain": {}, "lofo": {}, "fits": []}
     tr, te = family_split(fam, seed)
@@ -507,15 +522,25 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
         bar = tqdm(total=len(plans) * len(predictors), desc="latency bench", unit="fit", dynamic_ncols=True)
     for setting, held_out, a, b in plans:
         for name, factory in predictors.items():
-            t0 = time.perf_counter()
-            p = factory().fit([graphs[i] for i in a], y_ms[a], seed=seed)
-            pred = p.predict([graphs[i] for i in b])
-            sc = _scores(pred, y_ms[b], fam[b])
+            key = (data_id, seed, setting, held_out, name, str(fingerprints.get(name, "")))
+            if key in done:
+                sc, fit = done[key]["scores"], done[key]["fit"]
+            else:
+                t0 = time.perf_counter()
+                p = factory().fit([graphs[i] for i in a], y_ms[a], seed=seed)
+                pred = p.predict([graphs[i] for i in b])
+                sc = _scores(pred, y_ms[b], fam[b])
+                fit = {"setting": setting, "held_out": held_out, "predictor": name, "n_train": len(a),
+                       "n_test": len(b), "seconds": round(time.perf_counter() - t0, 1),
+                       "val_mape": getattr(p, "meta", {}).get("val_mape"),
+                       "test_mape": round(mape(pred, y_ms[b]), 3)}
+                if cache:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    with open(cache, "a") as fh:
+                        fh.write(json.dumps({"data": key[0], "seed": seed, "setting": setting, "held_out": held_out,
+                                             "predictor": name, "fingerprint": key[5], "scores": sc,
+                                             "fit": fit}) + "\n")
             res[setting].setdefault(name, {}).update(sc)
-            fit = {"setting": setting, "held_out": held_out, "predictor": name, "n_train": len(a),
-                   "n_test": len(b), "seconds": round(time.perf_counter() - t0, 1),
-                   "val_mape": getattr(p, "meta", {}).get("val_mape"),
-                   "test_mape": round(mape(pred, y_ms[b]), 3)}
             res["fits"].append(fit)
             if on_result:
                 on_result(fit)
