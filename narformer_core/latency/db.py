@@ -1,31 +1,33 @@
-"""An embedded latency database: NNLQP's "evolving database", on SQLite.
+"""A latency database: NNLQP's "evolving database", on SQLite or PostgreSQL.
 
 Every query either finds a stored measurement of the graph on the platform ("hit"), or measures
 the graph and stores the result ("measured"), so the database grows with use; where measuring is
 not possible it asks a predictor and records the answer as a *prediction*. Predictions live in
 the same table but are tagged ``source='predicted'`` and are never returned as measurements.
 
-Safe with several writer processes and threads at once: WAL journal (readers never block the
-writer), a busy timeout, one connection per thread and process, and every write in its own
-``BEGIN IMMEDIATE`` transaction, retried when SQLite still reports the database locked. All SQL is
-plain parameterised statements in this one class, so another backend can stand behind the same
-methods later.
+The location is a SQLite file path (the default: one file, no server) or a
+``postgresql://user:password@host:port/dbname`` URL, so measurement workers on several hosts can
+write into one database (see docs/LATENCY_DB.md). Both are safe with several writer processes and
+threads at once: one connection per thread and process, every write in its own transaction,
+retried where the engine says so (SQLite: WAL journal, busy timeout, ``BEGIN IMMEDIATE``;
+PostgreSQL: upserts by primary key, retries after serialization failures and deadlocks). All SQL
+is the parameterised statements in this one class; ``db_backends`` runs them.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import random
-import sqlite3
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..graph import ArchGraph
+from .db_backends import LatencyDBError, Tx, is_database_url, mask_url, open_backend
+
+__all__ = ["LatencyDB", "LatencyDBError", "LatencyRecord", "QueryResult", "SOURCES",
+           "MEASURED_SOURCES", "is_database_url", "mask_url"]
 
 SOURCES = ("measured", "imported", "predicted")
 # What counts as a real measurement: our own, or one imported from a published table.
@@ -55,10 +57,6 @@ _SCHEMA = (
 )
 _COLUMNS = ("id", "graph_hash", "platform_key", "platform_json", "median_ms", "std_ms", "iqr_ms",
             "repeats", "measured_at", "source", "note")
-
-
-class LatencyDBError(ValueError):
-    """A request the latency database cannot satisfy; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -97,96 +95,31 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _is_busy(e: sqlite3.OperationalError) -> bool:
-    msg = str(e).lower()
-    return "locked" in msg or "busy" in msg
-
-
 class LatencyDB:
-    """Graphs and their latency measurements in one SQLite file (created on first use)."""
+    """Graphs and their latency measurements: a SQLite file (created on first use) or a
+    ``postgresql://`` URL (the tables are created on first use; the database must exist)."""
 
     def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0):
-        if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
-            raise LatencyDBError("the latency database needs a file path (an in-memory database "
-                                 "is private to one connection, and this class opens one per thread)")
-        self.path = Path(path)
         self.timeout = float(timeout)
-        if not self.path.parent.exists():
-            raise LatencyDBError(f"cannot create the latency database {self.path}: folder "
-                                 f"{self.path.parent} does not exist")
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._all: list[sqlite3.Connection] = []
-        self._pid = os.getpid()
-        self._write(lambda c: [c.execute(s) for s in _SCHEMA])
+        self._backend = open_backend(path, self.timeout)
+        self.backend = self._backend.kind  # "sqlite" | "postgresql"
+        # ``path``: the SQLite file; None for a server. ``location``: what to print (no password).
+        self.path = getattr(self._backend, "path", None)
+        self.location = self._backend.display()
+        self._location = str(path) if self.path is None else str(self.path)
+        self._backend.create_schema(_SCHEMA)
 
     # ------------------------------------------------------------ connections and transactions
-    def _conn(self) -> sqlite3.Connection:
-        if os.getpid() != self._pid:
-            # A forked child must not touch its parent's connections: start afresh.
-            self._local, self._all, self._pid = threading.local(), [], os.getpid()
-            self._lock = threading.Lock()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # check_same_thread=False only so close() may close every thread's connection; each
-            # connection is still used by the one thread that opened it.
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            self._retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    def _retry(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``, retrying while SQLite says the database is locked or busy."""
-        deadline = time.monotonic() + self.timeout
-        delay = 0.005
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as e:
-                if not _is_busy(e) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.5)
-
-    def _write(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run ``body`` in one write transaction, retried as a whole on lock contention."""
-        conn = self._conn()
-
-        def attempt():
-            # IMMEDIATE takes the write lock up front, so a transaction never has to upgrade a
-            # read lock mid-way (the case busy_timeout cannot resolve).
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                out = body(conn)
-                conn.execute("COMMIT")
-                return out
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-        return self._retry(attempt)
+    def _write(self, body: Callable[[Tx], Any]) -> Any:
+        """Run ``body`` in one write transaction (retried as a whole where the engine allows)."""
+        return self._backend.write(body)
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
-        conn = self._conn()
-        return self._retry(lambda: conn.execute(sql, params).fetchall())
+        return self._backend.read(sql, params)
 
     def close(self) -> None:
         """Close every connection this object opened in this process."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for c in conns:
-            try:
-                c.close()
-            except sqlite3.Error:
-                pass
-        self._local = threading.local()
+        self._backend.close()
 
     def __enter__(self) -> "LatencyDB":
         return self
@@ -195,11 +128,11 @@ class LatencyDB:
         self.close()
 
     def __repr__(self) -> str:
-        return f"LatencyDB({str(self.path)!r})"
+        return f"LatencyDB({self.location!r})"
 
     # Connections cannot cross processes: a pickled LatencyDB (e.g. sent to a worker) reopens.
     def __getstate__(self) -> dict:
-        return {"path": str(self.path), "timeout": self.timeout}
+        return {"path": self._location, "timeout": self.timeout}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"], timeout=state["timeout"])
@@ -214,7 +147,7 @@ class LatencyDB:
         family = family if family is not None else graph.space
         if description is None:
             description = graph.meta.get("arch_str")
-        self._write(lambda c: c.execute(
+        self._write(lambda tx: tx.execute(
             "INSERT INTO graphs (graph_hash, family, description, graph_json, created_at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (graph_hash) DO UPDATE SET "
             "family = COALESCE(excluded.family, graphs.family), "
@@ -276,14 +209,13 @@ class LatencyDB:
                None if fields.get("repeats") is None else int(fields["repeats"]),
                str(fields.get("measured_at") or _now()), source, note)
 
-        def insert(c):
-            if c.execute("SELECT 1 FROM graphs WHERE graph_hash = ?", (graph_hash,)).fetchone() is None:
+        def insert(tx: Tx):
+            if not tx.execute("SELECT 1 FROM graphs WHERE graph_hash = ?", (graph_hash,)):
                 raise LatencyDBError(f"graph {graph_hash[:12]}... is not in the database; "
                                      "add_graph it first")
-            cur = c.execute(
+            return tx.insert(
                 "INSERT INTO measurements (graph_hash, platform_key, platform_json, median_ms, "
                 "std_ms, iqr_ms, repeats, measured_at, source, note) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-            return int(cur.lastrowid)
 
         return self._write(insert)
 
@@ -395,7 +327,8 @@ class LatencyDB:
             "SELECT COUNT(DISTINCT graph_hash) FROM measurements WHERE source IN (?, ?)",
             MEASURED_SOURCES)[0][0]
         return {
-            "path": str(self.path),
+            "path": self.location,
+            "backend": self.backend,
             "graphs": int(n_graphs),
             "measurements": int(sum(by_source.values())),
             "by_source": {s: int(by_source.get(s, 0)) for s in SOURCES},
