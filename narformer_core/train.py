@@ -9,6 +9,8 @@ A run lives in one folder:
   summary.json    written at the end: the checkpoint selected on validation, and its figures
 A file named STOP in the folder asks a running training to save and stop after the epoch.
 All checkpoints hold only tensors and plain containers, so they load with weights_only=True.
+Under torchrun the same loop runs data-parallel (distributed.py, docs/DISTRIBUTED.md); rank 0
+writes every file above.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .augment import TwinSampler, apply_permutation
 from .metrics import kendall_tau
 from .model import NARFormer, NARFormerConfig
@@ -112,12 +115,29 @@ def predict_tokens(model: NARFormer, depth: torch.Tensor, nodes: torch.Tensor, m
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
-def loss_terms(pred: torch.Tensor, pred_twin: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None):
+def loss_terms(pred: torch.Tensor, pred_twin: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None,
+               perm: torch.Tensor | None = None):
     mse = F.mse_loss(pred, y)
-    p = torch.randperm(len(y), generator=gen, device="cpu").to(y.device)
+    # perm: the pairing for the rank loss when the caller drew it (a data-parallel slice).
+    p = (torch.randperm(len(y), generator=gen, device="cpu") if perm is None else perm).to(y.device)
     rank = F.l1_loss(pred - pred[p], y - y[p])
     cons = F.l1_loss(pred, pred_twin)
     return mse, rank, cons
+
+
+def read_log(path: Path) -> list[dict]:
+    """metrics.jsonl rows. A process killed while appending can leave a torn last line: it is
+    dropped (its epoch is redone on resume). A bad line anywhere else means a damaged log."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    rows = []
+    for i, ln in enumerate(lines):
+        try:
+            rows.append(json.loads(ln))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {i + 1} is not JSON ({ln[:60]!r}); the metrics log is damaged") from None
+    return rows
 
 
 class _Writer:
@@ -126,9 +146,11 @@ class _Writer:
     def __init__(self, path: Path, keep_through_step: int | None):
         self.path = path
         if keep_through_step is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= keep_through_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [r for r in read_log(path) if r.get("step", 0) <= keep_through_step]
+            # Replace, not rewrite in place: a kill between truncate and write would lose the log.
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)
         elif keep_through_step is None and path.exists():
             path.unlink()
 
@@ -169,9 +191,14 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    dd = distributed.from_env()          # Dist() (one process) unless launched by torchrun
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif dd.enabled:
+        # N ranks share the cores: without this each would start a full-size thread pool.
+        torch.set_num_threads(distributed.threads_per_process(dd.world_size))
     device = pick_device(cfg.device)
+    dd, device = distributed.init(dd, device)
     task = task or load_task(cfg.space, cfg.labels, cfg.test_labels, cfg.data_dir)
     cfg.labels, cfg.test_labels = task.labels, task.test_labels
     if indices is None:
@@ -205,10 +232,25 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
         torch.set_rng_state(ck["rng"]["torch"])
         gen.set_state(ck["rng"]["gen"])
         rng.bit_generator.state = ck["rng"]["numpy"]
-        writer = _Writer(run_dir / "metrics.jsonl", keep_through_step=step)
+        if dd.enabled and dd.rank:
+            ranks = ck.get("rng_ranks") or []
+            if len(ranks) == dd.world_size:
+                torch.set_rng_state(ranks[dd.rank])      # continue this rank's dropout stream
+            else:                                        # resumed with another number of processes
+                torch.manual_seed(distributed.rank_seed(cfg.seed, dd.rank, start_epoch))
+        writer = _Writer(run_dir / "metrics.jsonl", keep_through_step=step) if dd.is_main else None
     else:
-        writer = _Writer(run_dir / "metrics.jsonl", keep_through_step=None)
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
+        if dd.enabled and dd.rank:
+            torch.manual_seed(distributed.rank_seed(cfg.seed, dd.rank))   # own dropout masks; weights came first
+        writer = _Writer(run_dir / "metrics.jsonl", keep_through_step=None) if dd.is_main else None
+    if dd.enabled:
+        # Seeds already make the replicas equal; copying rank 0's weights makes it a guarantee.
+        distributed.broadcast_module(model, dd)
+        distributed.broadcast_module(ema, dd)
+    if dd.is_main:
+        extra = {"distributed": {"world_size": dd.world_size, "backend": dd.backend}} if dd.enabled else {}
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict(), **extra},
+                                                        indent=2))
 
     target = TargetMap(cfg.target, task.y[train_idx])
     y_all = torch.from_numpy(np.nan_to_num(target.forward(task.y)).astype(np.float32)).to(device)
@@ -231,15 +273,19 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                 "state_dict": net.state_dict(), **extra}
 
     def save_latest(epoch: int) -> None:
+        extra = distributed.checkpoint_extra(model, ema, dd) if dd.enabled else {}   # collective
+        if not dd.is_main:
+            return
         _atomic_save({**state("latest", model, {}), "ema_state_dict": ema.state_dict(),
                       "optimizer": opt.state_dict(), "epoch": epoch, "step": step, "wall_s": wall,
                       "best": best, "best_ema": best_ema,
                       "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state(),
-                              "numpy": rng.bit_generator.state}}, latest)
+                              "numpy": rng.bit_generator.state}, **extra}, latest)
 
-    write_status(run_dir, "running", epoch=start_epoch, epochs=cfg.epochs)
+    if dd.is_main:
+        write_status(run_dir, "running", epoch=start_epoch, epochs=cfg.epochs)
     bar = None
-    if progress:
+    if progress and dd.is_main:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.space} n={cfg.train_size}",
                    unit="ep", dynamic_ncols=True)
@@ -254,6 +300,17 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                 bi = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 # The twin: same architectures, intermediate nodes renumbered along another order.
                 order = twins.permutations(train_idx[bi], rng)
+                weight, pairs = 1.0, None
+                if dd.enabled:
+                    # Every rank drew the whole global batch's twins and pairing above (so all
+                    # generators stay in step) and keeps its own slice. A rank left without
+                    # samples computes one with weight 0 so it still joins the all-reduce.
+                    lo, hi = distributed.shard_bounds(len(bi), dd.rank, dd.world_size)
+                    pairs = distributed.local_pairs(torch.randperm(len(bi), generator=gen), lo, hi)
+                    weight = (hi - lo) / len(bi)
+                    if hi == lo:
+                        lo, hi, pairs = 0, 1, torch.zeros(1, dtype=torch.int64)
+                    bi, order = bi[lo:hi], order[lo:hi]
                 ops_t, adj_t = apply_permutation(ops_tr[bi], adj_tr if adj_tr.ndim == 2 else adj_tr[bi], order)
                 tw = tokenize_cells(ops_t, adj_t, n_tr[bi], scheme=cfg.scheme)
                 tw_depth = torch.from_numpy(tw.depth).to(device)
@@ -271,22 +328,26 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                     pred = model(d, n, m)
                     with torch.no_grad():
                         pred_twin = model(tw_depth, tw_nodes, tw_mask)
-                mse, rank, cons = loss_terms(pred, pred_twin, y_tr[bi_t], gen)
+                mse, rank, cons = loss_terms(pred, pred_twin, y_tr[bi_t], gen, pairs)
                 loss = mse + cfg.lambda_rank * rank + cfg.lambda_cons * cons
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * lr_factor(step, total_steps, cfg.warmup)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if dd.enabled:
+                    distributed.sum_gradients(model, weight, dd)   # the global batch's mean gradient
                 opt.step()
                 ema_update(ema, model, cfg.ema_decay)
                 step += 1
-                sums += [loss.item(), mse.item(), rank.item(), cons.item()]
+                sums += [weight * loss.item(), weight * mse.item(), weight * rank.item(), weight * cons.item()]
+            if dd.enabled:
+                sums = distributed.sum_values(sums, dd)     # per-step global batch means, as one process logs
 
             now = time.perf_counter()
             wall += now - t0
             t0 = now
             last = epoch == cfg.epochs - 1
-            if (epoch + 1) % cfg.eval_every == 0 or last:
+            if ((epoch + 1) % cfg.eval_every == 0 or last) and dd.is_main:
                 p_raw = predict_tokens(model, va_depth, va_nodes, va_mask)
                 p_ema = predict_tokens(ema, va_depth, va_nodes, va_mask)
                 row = {"step": step, "epoch": epoch + 1, "loss": sums[0] / steps_per_epoch,
@@ -317,33 +378,51 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                 bar.update(1)
             stop_file = run_dir / "STOP"
             out_of_time = max_seconds is not None and time.perf_counter() - session_start > max_seconds
-            if stop_file.exists() or out_of_time:
-                stop_file.unlink(missing_ok=True)
+            stop = stop_file.exists() or out_of_time
+            save_due = time.perf_counter() - last_save > cfg.save_every_s and not last
+            if dd.enabled:
+                # Rank 0's view decides for all, so every rank leaves the loop after the same epoch.
+                stop, save_due = distributed.broadcast_flags([stop, save_due], dd)
+            if stop:
+                if dd.is_main:
+                    stop_file.unlink(missing_ok=True)
                 save_latest(epoch)
                 stopped = not last
                 break
-            if time.perf_counter() - last_save > cfg.save_every_s and not last:
+            if save_due:
                 save_latest(epoch)
                 last_save = time.perf_counter()
-                write_status(run_dir, "running", epoch=epoch + 1, epochs=cfg.epochs)
+                if dd.is_main:
+                    write_status(run_dir, "running", epoch=epoch + 1, epochs=cfg.epochs)
         else:
             pass
         save_latest(epoch)
     except BaseException as e:
-        write_status(run_dir, "failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
-                     epoch=epoch + 1, epochs=cfg.epochs, message=f"{type(e).__name__}: {e}")
+        if dd.is_main:
+            write_status(run_dir, "failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
+                         epoch=epoch + 1, epochs=cfg.epochs, message=f"{type(e).__name__}: {e}")
+        distributed.shutdown(dd)
         raise
     finally:
         if bar:
             bar.close()
     if stopped:
-        write_status(run_dir, "stopped", epoch=epoch + 1, epochs=cfg.epochs)
+        if dd.is_main:
+            write_status(run_dir, "stopped", epoch=epoch + 1, epochs=cfg.epochs)
+        distributed.shutdown(dd)
         return {"state": "stopped", "epoch": epoch + 1}
-    summary = select_on_validation(run_dir)
-    summary.update({"state": "finished", "train_seconds": round(wall, 2), "epochs": cfg.epochs,
-                    "steps": step, "n_train": len(train_idx), "n_val": len(val_idx)})
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_status(run_dir, "finished", epoch=cfg.epochs, epochs=cfg.epochs)
+    summary = None
+    if dd.is_main:
+        summary = select_on_validation(run_dir)
+        summary.update({"state": "finished", "train_seconds": round(wall, 2), "epochs": cfg.epochs,
+                        "steps": step, "n_train": len(train_idx), "n_val": len(val_idx)})
+        if dd.enabled:
+            summary["world_size"] = dd.world_size
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_status(run_dir, "finished", epoch=cfg.epochs, epochs=cfg.epochs)
+    if dd.enabled:
+        summary = distributed.broadcast_object(summary, dd)   # every rank returns the same summary
+        distributed.shutdown(dd)
     return summary
 
 
@@ -357,7 +436,7 @@ def test_taus(model, task: AccuracyTask, scheme: str, device, test_ok=None, pref
 
 def select_on_validation(run_dir: Path) -> dict:
     """Pick among last / best / best-EMA by validation tau only (never by test figures)."""
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rows = read_log(run_dir / "metrics.jsonl")
     last = rows[-1]
     cands = {"last": last["val_tau"]}
     for kind in ("best", "best_ema"):
