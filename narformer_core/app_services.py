@@ -54,9 +54,21 @@ def checkpoint_dir() -> Path:
     return Path(env) if env else PROJECT_ROOT / "assets" / "checkpoints"
 
 
-def latency_db_path() -> Path:
+def latency_db_path() -> Path | str:
+    """The latency database: a SQLite file, or a postgresql:// URL (kept a string) from the env."""
+    from .latency.db_backends import is_database_url
+
     env = os.environ.get("NARFORMER_LATENCY_DB")
+    if env and is_database_url(env):
+        return env
     return Path(env) if env else PROJECT_ROOT / "assets" / "latency.db"
+
+
+def latency_db_label() -> str:
+    """The latency database's location, safe to show (a URL's password masked)."""
+    from .latency.db_backends import mask_url
+
+    return mask_url(latency_db_path())
 
 
 def optional(module: str):
@@ -461,7 +473,8 @@ def open_latency_db():
     from .latency.db import LatencyDB
 
     path = latency_db_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     return LatencyDB(path)
 
 
@@ -484,7 +497,7 @@ def measure_and_store(onnx_bytes: bytes, graph: ArchGraph, family: str | None = 
 def stored_latency(graph: ArchGraph) -> pd.DataFrame:
     """Every stored latency of this graph (all platforms, newest first); empty when none/no DB."""
     path = latency_db_path()
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         return pd.DataFrame()
     db = open_latency_db()
     try:
@@ -496,7 +509,7 @@ def stored_latency(graph: ArchGraph) -> pd.DataFrame:
 
 def latency_db_contents() -> tuple[pd.DataFrame, dict]:
     path = latency_db_path()
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         return pd.DataFrame(), {"path": str(path), "graphs": 0, "measurements": 0}
     db = open_latency_db()
     try:

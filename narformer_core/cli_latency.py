@@ -118,7 +118,7 @@ def cmd_measure(args) -> int:
         with LatencyDB(args.db) as db:
             h = db.add_graph(graph, family=args.family or "user", description=Path(args.model).name)
             out["db_row"] = db.add_measurement(h, m.platform_key, m, note=f"measure {Path(args.model).name}")
-            out["db"] = str(args.db)
+            out["db"] = db.location  # a URL's password masked
     _print(out, args.json)
     return 0
 
@@ -352,7 +352,8 @@ def register(sub, bench_parser) -> None:
     p.add_argument("model", help="an ONNX file")
     _add_measure_args(p)
     p.add_argument("--batch-size", type=int, default=1, help="fills a dynamic batch axis")
-    p.add_argument("--db", default=None, help="also store the measurement in this SQLite latency database")
+    p.add_argument("--db", default=None, help="also store the measurement in this latency database: a SQLite file "
+                   "or a postgresql://user:password@host:port/dbname URL")
     p.add_argument("--family", default=None, help="family label for the database")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_measure)
@@ -366,7 +367,8 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--extend", type=int, default=0, help="add this many new networks")
     p.add_argument("--seed", type=int, default=0, help="seed of the zoo draw (keep it to resume/extend)")
     p.add_argument("--families", default=None, help="comma-separated subset of the zoo families")
-    p.add_argument("--db", default=None, help="also write every measurement into this SQLite LatencyDB")
+    p.add_argument("--db", default=None, help="also write every measurement into this LatencyDB (a SQLite file or a "
+                   "postgresql:// URL)")
     p.add_argument("--remeasure", type=int, default=0, metavar="K",
                    help="re-measure the first K networks of --from into --out instead")
     p.add_argument("--from", dest="source", default=None, help="the data set to re-measure")

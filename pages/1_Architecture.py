@@ -182,14 +182,18 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
 def show_latency(graph: ArchGraph, onnx_bytes: bytes, family: str, description: str, key: str) -> None:
     st.markdown("**Latency**")
     show_latency_prediction(graph, key)
-    stored = svc.stored_latency(graph)
+    try:
+        stored = svc.stored_latency(graph)
+    except ValueError as e:  # e.g. a postgresql:// database that cannot be reached
+        st.error(f"Could not read the latency database: {e}")
+        stored = pd.DataFrame()
     if st.button("⏱️ Measure latency on this machine", key=f"{key}_measure",
                  help="onnxruntime, CPU, 1 thread, batch as in the model; stored in the latency database"):
         try:
             with st.spinner("Measuring (5 warm-up runs, 30 timed runs)…"):
                 res = svc.measure_and_store(onnx_bytes, graph, family=family, description=description)
             st.success(f"Measured {res['median_ms']:.3f} ms (median of {res['repeats']}, IQR "
-                       f"{res['iqr_ms']:.3f} ms) on {res['platform_key']}; stored in {svc.latency_db_path()}.")
+                       f"{res['iqr_ms']:.3f} ms) on {res['platform_key']}; stored in {svc.latency_db_label()}.")
             stored = svc.stored_latency(graph)
         except (ValueError, OSError) as e:
             st.error(f"Could not measure this model: {e}")

@@ -92,7 +92,11 @@ else:
 
 # ---------------------------------------------------------------- this machine
 st.header("This machine: the latency database")
-df, stats = svc.latency_db_contents()
+try:
+    df, stats = svc.latency_db_contents()
+except ValueError as e:  # e.g. a postgresql:// database that cannot be reached
+    st.error(f"Could not read the latency database: {e}")
+    df, stats = pd.DataFrame(), {"path": svc.latency_db_label(), "graphs": 0, "measurements": 0}
 st.caption(f"Database: `{stats['path']}` (set NARFORMER_LATENCY_DB to use another). Measure a model from the "
            "**Architecture** page (upload, zoo, or an NB201 cell's network).")
 m = st.columns(4)

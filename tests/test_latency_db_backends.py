@@ -293,3 +293,47 @@ def test_missing_psycopg_and_unknown_schemes_are_clear(monkeypatch, tmp_path):
         LatencyDB(f"mysql://lat:{PASSWORD}@db.example/lat")
     with LatencyDB(tmp_path / "x.sqlite") as db:  # paths still mean SQLite, without psycopg
         assert db.backend == "sqlite" and db.location == str(tmp_path / "x.sqlite")
+
+
+# ------------------------------------------------------------------------ the CLI and the app take a URL
+def test_cli_measure_stores_into_postgresql(pg_server, capsys, tmp_path):
+    import json
+
+    from narformer_core.cli import main
+    from test_cli_latency import conv_onnx
+
+    url = pg_server.new_database()
+    model = tmp_path / "tiny.onnx"
+    model.write_bytes(conv_onnx())
+    code = main(["measure", str(model), "--json", "--repeats", "3", "--warmup", "1",
+                 "--min-seconds", "0", "--db", url])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert PASSWORD not in out.out + out.err
+    d = json.loads(out.out)
+    assert d["db"] == url.replace(PASSWORD, "***")
+    with LatencyDB(url) as db:
+        assert db.get(d["graph_hash"], d["platform_key"]).id == d["db_row"]
+
+
+def test_app_reads_and_writes_a_postgresql_url_from_the_environment(pg_server, monkeypatch):
+    from narformer_core import app_services as svc
+    from narformer_core.onnx_import import load_onnx
+    from test_cli_latency import conv_onnx
+
+    url = pg_server.new_database()
+    monkeypatch.setenv("NARFORMER_LATENCY_DB", url)
+    assert svc.latency_db_path() == url  # a string: Path() would fold the '//'
+    assert svc.latency_db_label() == url.replace(PASSWORD, "***")
+    data = conv_onnx(4, 8, 1)
+    graph = load_onnx(data)
+    res = svc.measure_and_store(data, graph, family="tiny", description="one conv", repeats=3)
+    df, stats = svc.latency_db_contents()
+    assert list(df.id) == [res["id"]] and stats["measurements"] == 1
+    assert stats["path"] == svc.latency_db_label()
+    assert list(svc.stored_latency(graph).id) == [res["id"]]
+
+    monkeypatch.setenv("NARFORMER_LATENCY_DB", f"postgresql://lat:{PASSWORD}@127.0.0.1:{_free_port()}/x")
+    with pytest.raises(ValueError, match="cannot connect") as e:  # what the pages catch and show
+        svc.latency_db_contents()
+    assert PASSWORD not in str(e.value)
