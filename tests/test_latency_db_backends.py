@@ -337,3 +337,45 @@ def test_app_reads_and_writes_a_postgresql_url_from_the_environment(pg_server, m
     with pytest.raises(ValueError, match="cannot connect") as e:  # what the pages catch and show
         svc.latency_db_contents()
     assert PASSWORD not in str(e.value)
+
+
+def _forked_child_writes(db, h):
+    db.add_measurement(h, KEY, median_ms=2.0, note="child")
+    db.close()
+
+
+def test_a_forked_child_leaves_the_parents_connection_alone(location):
+    """A child forked from a process holding a connection opens its own; the parent's keeps working."""
+    db = LatencyDB(location)
+    h = db.add_graph(chain(0))
+    db.add_measurement(h, KEY, median_ms=1.0, note="parent before")
+    p = mp.get_context("fork").Process(target=_forked_child_writes, args=(db, h))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    db.add_measurement(h, KEY, median_ms=3.0, note="parent after")
+    assert list(db.list_measurements().note) == ["parent after", "child", "parent before"]
+    db.close()
+
+
+def test_postgresql_retries_a_transaction_the_server_aborted(pg_db):
+    """A serialization failure rolls the attempt back and runs the whole transaction again, once."""
+    import psycopg
+
+    h = pg_db.add_graph(chain(0))
+    attempts = []
+
+    def body(tx):
+        rid = tx.insert("INSERT INTO measurements (graph_hash, platform_key, median_ms, measured_at, "
+                        "source) VALUES (?, ?, ?, ?, ?)", (h, KEY, 1.0, "2024-01-01", "measured"))
+        attempts.append(rid)
+        if len(attempts) == 1:
+            raise psycopg.errors.SerializationFailure("could not serialize access")
+        return rid
+
+    rid = pg_db._write(body)
+    assert len(attempts) == 2 and rid == attempts[1]
+    assert list(pg_db.list_measurements().id) == [rid]  # the first attempt left nothing behind
+    with pytest.raises(psycopg.errors.UniqueViolation):  # other errors are not retried
+        pg_db._write(lambda tx: tx.execute("INSERT INTO graphs (graph_hash, graph_json, created_at) "
+                                           "VALUES (?, ?, ?)", (h, "{}", "x")))
