@@ -8,7 +8,8 @@ when given), so the arena and the search can trust that nothing else leaks in:
             edges, written in plain torch (dense batched adjacency; cells have <= 8 nodes).
 - ``gbdt``: gradient-boosted trees (sklearn HistGradientBoostingRegressor) on the path encoding
             (BANANAS-style counts of the op sequences on input->output paths) or the adjacency
-            encoding.
+            encoding; tree size and count are chosen on the validation cells (or by
+            cross-validation over the training cells), see :class:`GBDTPredictor`.
 - ``zen``:  the Zen zero-cost score from the shared NB201 data; training-free, ``fit`` does
             nothing and ``predict`` returns the score (not an accuracy: only its ranking means
             something).
@@ -340,46 +341,138 @@ def _omp_threads(n: int | None):
 
 
 class GBDTPredictor(AccuracyPredictor):
+    """Gradient-boosted trees whose size and number are chosen on validation cells, never on unseen ones.
+
+    Hyper-parameters come from a small grid, ``max_leaf_nodes`` x ``min_samples_leaf`` (each fixed
+    instead when given to the constructor), with the number of trees (up to ``max_iter``, at a
+    fixed ``learning_rate``) read off the staged predictions of each fit. A setting is scored by
+    Kendall's tau, the arena's own measure, on:
+
+    - the validation cells ``val_idx`` when at least ``MIN_VAL`` are given: the arena passes the
+      200 cells of ``tasks.split`` on which NAR-Former and the torch baselines pick their
+      checkpoint, so every predictor gets the same labels. The model of the chosen setting is
+      trained on ``train_idx`` alone, as theirs are;
+    - otherwise, ``CV_FOLDS``-fold cross-validation over ``train_idx`` (tau of the pooled
+      out-of-fold predictions), then one refit of the chosen setting on all training cells. A
+      search round passes no validation cells; a handful of cells makes a single held-out slice
+      too noisy to rank settings, hence folds;
+    - with fewer than ``CV_FOLDS * 3`` training cells and no validation cells there is nothing to
+      select on: the fewest leaves with the smallest leaf size (larger leaves could not split so
+      few cells at all) and all ``max_iter`` trees.
+
+    Ties go to the simpler setting (fewer leaves, larger leaves, fewer trees). Nothing but
+    ``task.y[train_idx]`` and ``task.y[val_idx]`` is read; ``meta`` records what was chosen and how.
+    """
+
     name = "GBDT"
+    LEAVES = (4, 8, 16, 31)
+    MIN_LEAF = (3, 10)
+    MIN_VAL = 10
+    CV_FOLDS = 3
 
     def __init__(self, encoding: str = "path", max_iter: int = 300, learning_rate: float = 0.05,
                  max_leaf_nodes: int | None = None, min_samples_leaf: int | None = None, l2_regularization: float = 0.0,
-                 threads: int | None = 1):
+                 threads: int | None = 1, tree_checkpoints: int = 15):
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r} for GBDT; choose from {', '.join(ENCODINGS)}")
+        if max_iter < 1:
+            raise ValueError(f"GBDT max_iter must be at least 1 tree, got {max_iter}")
         self.encoding, self.max_iter, self.learning_rate = encoding, max_iter, learning_rate
         self.max_leaf_nodes, self.min_samples_leaf, self.l2 = max_leaf_nodes, min_samples_leaf, l2_regularization
-        self.threads = threads
+        self.threads, self.tree_checkpoints = threads, tree_checkpoints
         self.model = None
+        self.columns: np.ndarray | None = None
+        self.meta: dict = {}
 
-    def fit(self, task, train_idx, val_idx=None, seed=0, progress=False):
+    def grid(self) -> list[tuple[int, int]]:
+        """(max_leaf_nodes, min_samples_leaf) settings tried, simplest first."""
+        leaves = (self.max_leaf_nodes,) if self.max_leaf_nodes else self.LEAVES
+        min_leaf = (self.min_samples_leaf,) if self.min_samples_leaf else tuple(sorted(self.MIN_LEAF, reverse=True))
+        return [(a, b) for a in leaves for b in min_leaf]
+
+    def _trees_to_score(self) -> np.ndarray:
+        """Numbers of trees at which a setting is scored: evenly spaced, the last one max_iter."""
+        k = max(1, min(self.tree_checkpoints, self.max_iter))
+        return np.unique(np.linspace(self.max_iter / k, self.max_iter, k).round().astype(int))
+
+    def _model(self, leaves: int, min_leaf: int, trees: int, seed: int):
         from sklearn.ensemble import HistGradientBoostingRegressor
 
+        return HistGradientBoostingRegressor(
+            max_iter=int(trees), learning_rate=self.learning_rate, max_leaf_nodes=int(leaves),
+            min_samples_leaf=int(min_leaf), l2_regularization=self.l2, early_stopping=False, random_state=seed)
+
+    def _staged(self, x_fit, y_fit, x_eval, leaves, min_leaf, seed, at: np.ndarray) -> np.ndarray:
+        """(len(at), len(x_eval)) predictions after each number of trees in ``at``."""
+        m = self._model(leaves, min_leaf, self.max_iter, seed).fit(x_fit, y_fit)
+        want, out = set(at.tolist()), []
+        for k, p in enumerate(m.staged_predict(x_eval), start=1):
+            if k in want:
+                out.append(p)
+        return np.asarray(out)
+
+    @staticmethod
+    def _labels(task, idx: np.ndarray, what: str) -> np.ndarray:
+        y = np.asarray(task.y[idx], dtype=np.float64)
+        if np.isnan(y).any():
+            raise ValueError(f"{int(np.isnan(y).sum())} {what} architectures have no label in {task.labels}")
+        return y
+
+    def fit(self, task, train_idx, val_idx=None, seed=0, progress=False):
         train_idx = np.asarray(train_idx, dtype=np.int64)
         if len(train_idx) < 2:
             raise ValueError(f"GBDT needs at least 2 training architectures, got {len(train_idx)}")
-        y = np.asarray(task.y[train_idx], dtype=np.float64)
-        if np.isnan(y).any():
-            raise ValueError(f"{int(np.isnan(y).sum())} training architectures have no label in {task.labels}")
-        # Tree size follows the data: sklearn's defaults (31 leaves of >= 20 cells) forbid any split
-        # on the 10-50 cells of a search's first rounds and overfit 100 cells.
-        n = len(train_idx)
-        leaf = self.min_samples_leaf or int(np.clip(n // 20, 3, 20))
-        leaves = self.max_leaf_nodes or int(np.clip(n // 12, 8, 31))
-        x = ENCODINGS[self.encoding](task)[train_idx]
+        y = self._labels(task, train_idx, "training")
+        val_idx = None if val_idx is None else np.asarray(val_idx, dtype=np.int64)
+        if val_idx is not None and len(val_idx) < self.MIN_VAL:
+            val_idx = None                     # too few to rank settings: select on the training cells
+        # Columns constant over the training cells can never split; dropping them makes binning,
+        # the fixed cost of each of the grid's fits, several times cheaper on small sets.
+        enc = ENCODINGS[self.encoding](task)
+        x = enc[train_idx]
+        self.columns = np.flatnonzero(x.min(0) != x.max(0))
+        if not len(self.columns):       # every training cell encodes alike: one column, no split
+            self.columns = np.arange(1)
+        enc = enc[:, self.columns]
+        x = enc[train_idx]
+        grid, at = self.grid(), self._trees_to_score()
         with _omp_threads(self.threads):
-            self.model = HistGradientBoostingRegressor(
-                max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=leaves,
-                min_samples_leaf=leaf, l2_regularization=self.l2, early_stopping=False, random_state=seed,
-            ).fit(x, y)
+            if val_idx is not None:
+                y_eval, how = self._labels(task, val_idx, "validation"), f"{len(val_idx)} validation cells"
+                staged = {g: self._staged(x, y, enc[val_idx], *g, seed, at) for g in grid}
+            elif len(train_idx) >= 3 * self.CV_FOLDS:
+                folds = np.array_split(np.random.default_rng(seed).permutation(len(train_idx)), self.CV_FOLDS)
+                order = np.concatenate(folds)
+                y_eval, how = y[order], f"{self.CV_FOLDS}-fold cross-validation on the {len(train_idx)} training cells"
+                staged = {}
+                for g in grid:
+                    parts = []
+                    for f in folds:
+                        rest = np.setdiff1d(np.arange(len(train_idx)), f)
+                        parts.append(self._staged(x[rest], y[rest], x[f], *g, seed, at))
+                    staged[g] = np.concatenate(parts, axis=1)
+            else:
+                staged, y_eval, how = {}, None, f"nothing: {len(train_idx)} training cells and no validation cells"
+            best, best_tau = (min(a for a, _ in grid), min(b for _, b in grid), self.max_iter), None
+            for g in grid:
+                for k, p in zip(at, staged.get(g, ())):
+                    tau = kendall_tau(p, y_eval)
+                    if best_tau is None or tau > best_tau:
+                        best, best_tau = (*g, int(k)), tau
+            leaves, min_leaf, trees = best
+            self.model = self._model(leaves, min_leaf, trees, seed).fit(x, y)
+        self.meta = {"max_leaf_nodes": leaves, "min_samples_leaf": min_leaf, "n_trees": trees,
+                     "learning_rate": self.learning_rate, "selected_on": how, "selection_tau": best_tau,
+                     "settings_tried": len(grid) * len(at) if staged else 0}
         return self
 
     def predict(self, task, idx=None):
         if self.model is None:
             raise ValueError("the GBDT predictor is not fitted: call fit first")
         x = ENCODINGS[self.encoding](task)
+        x = x if idx is None else x[np.asarray(idx, dtype=np.int64)]
         with _omp_threads(self.threads):
-            return self.model.predict(x if idx is None else x[np.asarray(idx, dtype=np.int64)])
+            return self.model.predict(x[:, self.columns])
 
 
 class ZenPredictor(AccuracyPredictor):
