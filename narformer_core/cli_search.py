@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from .arena import arena_table  # noqa: F401  (the bench's table; scripts/bench_arena.py imports it from here)
+
 ARENA_PREDICTORS = ("mlp", "gin", "gbdt", "zen")
 ARENA_TRAIN_SIZES = (100, 781, 1563)
 # The long NAR-Former runs train on NB201 validation accuracy; the arena matches them by default.
@@ -177,37 +179,17 @@ def arena(predictors, train_sizes, seeds, labels=ARENA_LABELS, test_labels=None,
                        "tau": kendall_tau(pred, task.y_test[test_idx]), "n_test": int(test_idx.size),
                        "fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu,
                        "predict_wall_s": pred_wall, "predict_cpu_s": pred_cpu}
+                # What the predictor chose on its validation cells (GBDT: tree size; torch: step),
+                # so a saved run says how it was made; only scalars (NAR-Former's meta holds its split).
+                meta = getattr(p, "meta", None) if name != "narformer" else None
+                if meta:
+                    row["selection"] = {k: v for k, v in meta.items() if isinstance(v, (int, float, str)) or v is None}
                 runs.append(row)
                 if progress:
                     progress(row)
     return {"labels": task.labels, "test_labels": task.test_labels, "val_size": val_size,
             "tau_on": "every architecture outside train and validation", "runs": runs,
             "table": arena_table(runs)}
-
-
-def arena_table(runs: list[dict]) -> list[dict]:
-    """One row per (predictor, train size): tau mean/std over seeds and mean wall/CPU time.
-
-    Rows may come from different places (this bench, or NAR-Former checkpoints of the long runs,
-    see scripts/bench_arena.py); time fields a row lacks stay null.
-    """
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["predictor"], int(r["train_size"])), []).append(r)
-    table = []
-    for (name, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        taus = np.array([r["tau"] for r in rs], float)
-
-        def mean(key):
-            v = [r[key] for r in rs if r.get(key) is not None]
-            return round(float(np.mean(v)), 3) if v else None
-
-        table.append({"predictor": name, "train_size": n, "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs),
-                      "tau_mean": round(float(taus.mean()), 4), "tau_std": round(float(taus.std()), 4),
-                      "fit_wall_s": mean("fit_wall_s"), "fit_cpu_s": mean("fit_cpu_s"),
-                      "predict_wall_s": mean("predict_wall_s"), "predict_cpu_s": mean("predict_cpu_s"),
-                      "source": rs[0].get("source", "bench arena")})
-    return table
 
 
 def cmd_bench_arena(args) -> int:

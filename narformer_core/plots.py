@@ -262,3 +262,27 @@ def device_strip(table: pd.DataFrame, value_col: str = "latency ms", pct_col: st
     fig.update_layout(yaxis_title="faster than (% of cells)", yaxis_range=[0, 100], height=300,
                       margin=dict(l=10, r=10, t=20, b=10), xaxis_tickangle=-45)
     return fig
+
+
+# ------------------------------------------------------------------ predictor arena
+def arena_taus(frame: pd.DataFrame, title: str = "Kendall's tau on unseen cells vs training cells") -> go.Figure:
+    """Tau against train size, a line per predictor, error bars of one std over seeds.
+
+    ``frame`` is ``arena.arena_frame``: columns name, train_size, tau_mean, tau_std, n_seeds.
+    A point of a single seed has no error bar and an open marker, and its hover says so.
+    """
+    fig = go.Figure()
+    for k, (name, rows) in enumerate(frame.groupby("name", sort=False)):
+        rows = rows.sort_values("train_size")
+        single = rows["n_seeds"].to_numpy() == 1
+        color = RUN_COLORS[k % len(RUN_COLORS)]
+        fig.add_trace(go.Scatter(
+            x=rows["train_size"], y=rows["tau_mean"], name=name, mode="lines+markers",
+            line=dict(color=color), marker=dict(size=9, color=color, symbol=["circle-open" if s else "circle" for s in single]),
+            error_y=dict(type="data", array=np.where(single, 0.0, rows["tau_std"].to_numpy(float)), visible=True),
+            customdata=np.stack([rows["n_seeds"], rows["tau_std"]], axis=1),
+            hovertemplate=[f"{name}<br>%{{x:,}} cells<br>tau %{{y:.3f}}" + (" (1 seed only)" if s else
+                           " ± %{customdata[1]:.3f} over %{customdata[0]} seeds") + "<extra></extra>" for s in single]))
+    fig.update_layout(title=title, xaxis=dict(title="training cells", type="log"), yaxis_title="Kendall's tau",
+                      height=380, margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.2))
+    return fig

@@ -40,6 +40,11 @@ def test_ranking_of_all_cells_against_the_truth(at, tiny_checkpoints):
     assert "scattergl" in types and "histogram" in types
     top = table(at, "predicted rank")
     assert len(top) == 20 and top["predicted"].is_monotonic_decreasing
+    # the arena tab beside it reads the project's saved results (tests/test_rankings_arena.py has the rest)
+    from narformer_core.arena import arena_file
+
+    if arena_file().exists():
+        assert {"GIN", "MLP", "GBDT", "Zen (zero-cost)"} <= set(table(at, "predictor")["predictor"])
 
 
 def test_unseen_scope_drops_the_training_and_validation_cells(at):
