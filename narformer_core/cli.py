@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-EXTENSIONS = ("cli_search", "cli_latency")
+EXTENSIONS = ("cli_search", "cli_latency", "cli_sweep")
 
 
 def main(argv=None) -> int:
