@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+import app_cache as cache
 from narformer_core import app_services as svc
 from narformer_core import plots
 from narformer_core.spaces import nb201
@@ -26,45 +27,6 @@ PAGES = {"1_Architecture.py": ("Architecture", "🧱", "upload ONNX, compose cel
          "3_Training.py": ("Training", "🏋️", "train predictors in the background"),
          "4_Latency_lab.py": ("Latency lab", "⏱️", "device latencies, measure here"),
          "5_Data.py": ("Data", "🗂️", "browse the benchmark data")}
-
-
-# ---------------------------------------------------------------- cached calls
-@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
-def load_predictor(path: str, mtime: float):
-    return svc.load_predictor(path, mtime)
-
-
-@st.cache_data(show_spinner=False, persist="disk", max_entries=256)
-def predicted_chunk(path: str, mtime: float, start: int, stop: int, version: int) -> np.ndarray:
-    return svc.predict_chunk(load_predictor(path, mtime), "nb201", start, stop)
-
-
-@st.cache_resource
-def prediction_store() -> dict:
-    """(checkpoint path, mtime) -> all 15,625 predictions, once assembled: a rerun then costs a
-    dict lookup instead of 16 cache reads."""
-    return {}
-
-
-@st.cache_data(show_spinner=False)
-def ground_truth(index: int):
-    return svc.nb201_ground_truth(index)
-
-
-def all_predictions(ref: svc.CheckpointRef) -> np.ndarray:
-    store = prediction_store()
-    key = (ref.path, ref.mtime)
-    if key not in store:
-        spans = svc.chunks(nb201.N_ARCHS)
-        text = "Predicting all 15,625 cells once for this checkpoint…"
-        bar = st.progress(0.0, text=text)
-        parts = []
-        for k, (a, b) in enumerate(spans):
-            parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
-            bar.progress((k + 1) / len(spans), text=f"{text} {b:,}")
-        bar.empty()
-        store[key] = np.concatenate(parts)
-    return store[key]
 
 
 def randomize() -> None:
@@ -139,7 +101,7 @@ def home() -> None:
             choice = st.selectbox("Checkpoint", labels, key="home_checkpoint")
             ref = refs[labels.index(choice)]
             try:
-                predictor = load_predictor(ref.path, ref.mtime)
+                predictor = cache.load_predictor(ref.path, ref.mtime)
             except (ValueError, OSError) as e:
                 st.error(f"Cannot use this checkpoint: {e}")
                 predictor = None
@@ -150,14 +112,14 @@ def home() -> None:
                 value = svc.predict_graph(predictor, graph)
                 st.metric("Predicted accuracy", f"{value:.2f} %")
                 with st.spinner("Ranking among all 15,625 cells…", show_time=True):
-                    allp = all_predictions(ref)
+                    allp = cache.all_nb201_predictions(ref, "Predicting all 15,625 cells once for this checkpoint…")
                 rank, pct = svc.rank_and_percentile(float(allp[index]), allp)
                 m1, m2 = st.columns(2)
                 m1.metric(f"Predicted rank of {nb201.N_ARCHS:,}", f"{rank:,}", help="1 = the best predicted cell")
                 m2.metric("Percentile", f"{pct:.1f} %", help="share of all cells predicted below this one")
     with truth_col:
         st.markdown("**Ground truth** (measured by training the cell)")
-        st.dataframe(ground_truth(index), hide_index=True, key="home_truth", width="stretch")
+        st.dataframe(cache.nb201_ground_truth(index), hide_index=True, key="home_truth", width="stretch")
         if not svc.shared_data_available():
             st.caption("Only the embedded AnalogNAS labels are here; point NARFORMER_DATA_DIR at the shared "
                        "benchmark folder to add the NB201 validation and test accuracies.")

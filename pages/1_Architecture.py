@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import app_cache as cache
 from narformer_core import app_services as svc
 from narformer_core import plots
 from narformer_core.graph import ArchGraph, GraphError
@@ -18,31 +19,6 @@ st.set_page_config(page_title="Architecture · NAR-Former Explorer", page_icon="
 
 
 # ---------------------------------------------------------------- cached calls
-@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
-def load_predictor(path: str, mtime: float):
-    return svc.load_predictor(path, mtime)
-
-
-@st.cache_data(show_spinner=False, persist="disk", max_entries=256)
-def predicted_chunk(path: str, mtime: float, start: int, stop: int, version: int) -> np.ndarray:
-    return svc.predict_chunk(load_predictor(path, mtime), "nb201", start, stop)
-
-
-@st.cache_resource
-def prediction_store() -> dict:
-    """(checkpoint path, mtime) -> all 15,625 predictions, once assembled."""
-    return {}
-
-
-def all_predictions(ref) -> np.ndarray:
-    store = prediction_store()
-    if (ref.path, ref.mtime) not in store:
-        with st.spinner("Ranking among all 15,625 cells (once per checkpoint)…", show_time=True):
-            store[(ref.path, ref.mtime)] = np.concatenate(
-                [predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION) for a, b in svc.chunks(nb201.N_ARCHS)])
-    return store[(ref.path, ref.mtime)]
-
-
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _import_onnx(digest: str, max_bytes: int, _data: bytes) -> ArchGraph:
     return svc.import_onnx(_data, max_bytes=max_bytes)
@@ -64,18 +40,8 @@ def zoo_onnx(spec_json: str) -> bytes:
 
 
 @st.cache_data(show_spinner=False)
-def nb201_truth(index: int) -> pd.DataFrame:
-    return svc.nb201_ground_truth(index)
-
-
-@st.cache_data(show_spinner=False)
 def nb101_truth(module_hash: str) -> pd.DataFrame:
     return svc.nb101_ground_truth(module_hash)
-
-
-@st.cache_resource(show_spinner="Loading the latency predictor…", max_entries=4)
-def load_latency_predictor(path: str, mtime: float):
-    return svc.load_latency_predictor(path, mtime)
 
 
 @st.cache_data(show_spinner=False)
@@ -104,7 +70,7 @@ def show_cell_prediction(graph: ArchGraph, space: str, key: str) -> None:
     labels = [r.label for r in refs]
     ref = refs[labels.index(st.selectbox("Checkpoint", labels, key=f"{key}_checkpoint"))]
     try:
-        predictor = load_predictor(ref.path, ref.mtime)
+        predictor = cache.load_predictor(ref.path, ref.mtime)
         value = svc.predict_graph(predictor, graph)
     except (ValueError, OSError) as e:
         st.error(f"Cannot predict with this checkpoint: {e}")
@@ -112,7 +78,7 @@ def show_cell_prediction(graph: ArchGraph, space: str, key: str) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric("Predicted accuracy", f"{value:.2f} %")
     if space == "nb201":
-        allp = all_predictions(ref)
+        allp = cache.all_nb201_predictions(ref, "Ranking among all 15,625 cells (once per checkpoint)…", spinner=True)
         rank, pct = svc.rank_and_percentile(float(allp[nb201.index_of(graph.ops[1:7])]), allp)
         c2.metric(f"Predicted rank of {len(allp):,}", f"{rank:,}", help="1 = the best predicted cell")
         c3.metric("Percentile", f"{pct:.1f} %", help="share of all cells predicted below this one")
@@ -163,7 +129,7 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
     names = [p.name for p in ckpts]
     path = ckpts[names.index(st.selectbox("Latency predictor", names, key=f"{key}_latency_ckpt"))]
     try:
-        predictor = load_latency_predictor(str(path), path.stat().st_mtime)
+        predictor = cache.load_latency_predictor(str(path), path.stat().st_mtime)
         ms = float(svc.predict_latency(predictor, [graph])[0])
     except (ValueError, OSError) as e:
         st.error(f"Cannot predict the latency with {path.name}: {e}")
@@ -297,7 +263,7 @@ if t_nb201.open:
         st.markdown("**Prediction**")
         show_cell_prediction(graph, "nb201", "arch_nb201")
         st.markdown("**Ground truth**")
-        st.dataframe(nb201_truth(nb201.index_of(ops)), hide_index=True, key="arch_nb201_truth", width="stretch")
+        st.dataframe(cache.nb201_ground_truth(nb201.index_of(ops)), hide_index=True, key="arch_nb201_truth", width="stretch")
         st.markdown("**As a whole network**")
         st.caption(f"The NB201 CIFAR-10 network built on this cell (C={svc.NB201_NETWORK['channels']}, "
                    f"N={svc.NB201_NETWORK['cells_per_stage']}, 32×32): its ONNX graph, static features and latency.")

@@ -3,9 +3,9 @@ baselines beside it when narformer_core/baselines.py is there."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
+import app_cache as cache
 from narformer_core import app_services as svc
 from narformer_core import arena
 from narformer_core import plots
@@ -14,51 +14,20 @@ from narformer_core.spaces import nb201
 st.set_page_config(page_title="Rankings · NAR-Former Explorer", page_icon="🏆", layout="wide")
 
 
-@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
-def load_predictor(path: str, mtime: float):
-    return svc.load_predictor(path, mtime)
-
-
-@st.cache_data(show_spinner=False, persist="disk", max_entries=256)
-def predicted_chunk(path: str, mtime: float, start: int, stop: int, version: int) -> np.ndarray:
-    return svc.predict_chunk(load_predictor(path, mtime), "nb201", start, stop)
-
-
 @st.cache_data(show_spinner="Predicting the NB101 cells…", max_entries=8)
 def nb101_predictions(path: str, mtime: float) -> np.ndarray:
-    p = load_predictor(path, mtime)
+    p = cache.load_predictor(path, mtime)
     return np.asarray(p.predict(p.task()), dtype=np.float64)
 
 
 @st.cache_data(show_spinner=False, persist="disk", max_entries=32)
 def baseline_predictions(name: str, path: str, mtime: float, labels: str | None) -> np.ndarray:
-    return svc.fit_baseline(name, load_predictor(path, mtime), labels)
+    return svc.fit_baseline(name, cache.load_predictor(path, mtime), labels)
 
 
 @st.cache_data(show_spinner=False)
 def labels_of(source: str) -> np.ndarray:
     return svc.nb201_labels(source)
-
-
-@st.cache_resource
-def prediction_store() -> dict:
-    """(checkpoint path, mtime) -> all 15,625 predictions, once assembled."""
-    return {}
-
-
-def all_nb201(ref) -> np.ndarray:
-    store = prediction_store()
-    if (ref.path, ref.mtime) not in store:
-        spans = svc.chunks(nb201.N_ARCHS)
-        text = "Predicting all 15,625 cells (once per checkpoint)…"
-        bar = st.progress(0.0, text=text)
-        parts = []
-        for k, (a, b) in enumerate(spans):
-            parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
-            bar.progress((k + 1) / len(spans), text=text)
-        bar.empty()
-        store[(ref.path, ref.mtime)] = np.concatenate(parts)
-    return store[(ref.path, ref.mtime)]
 
 
 def arena_section() -> None:
@@ -119,7 +88,7 @@ with tab_ckpt:
     labels = [r.label for r in refs]
     ref = refs[labels.index(c1.selectbox("Checkpoint", labels, key="rank_checkpoint"))]
     try:
-        predictor = load_predictor(ref.path, ref.mtime)
+        predictor = cache.load_predictor(ref.path, ref.mtime)
     except (ValueError, OSError) as e:
         st.error(f"Cannot use this checkpoint: {e}")
         st.stop()
@@ -130,7 +99,7 @@ with tab_ckpt:
         default = info["labels"] if info["labels"] in sources else "analog"
         source = c2.selectbox("Ground truth", list(sources), index=list(sources).index(default), key="rank_labels",
                               help="\n".join(f"{k}: {v}" for k, v in sources.items()))
-        pred = all_nb201(ref)
+        pred = cache.all_nb201_predictions(ref, "Predicting all 15,625 cells (once per checkpoint)…")
         truth = np.asarray(labels_of(source), dtype=np.float64)
         ids = [nb201.to_arch_str(c) for c in nb201.enumerate_all()]
     else:

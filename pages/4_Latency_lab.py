@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+import app_cache as cache
 from narformer_core import app_services as svc
 from narformer_core import plots
 from narformer_core.graph import GraphError
@@ -25,15 +26,10 @@ def zoo_dataset(platform_key: str | None = None) -> pd.DataFrame:
     return svc.latency_dataset(platform_key)
 
 
-@st.cache_resource(show_spinner="Loading the latency predictor…", max_entries=4)
-def load_latency_predictor(path: str, mtime: float):
-    return svc.load_latency_predictor(path, mtime)
-
-
 @st.cache_data(show_spinner="Predicting the zoo networks…", max_entries=8)
 def zoo_predictions(path: str, mtime: float, platform_key: str | None) -> np.ndarray:
     df = zoo_dataset(platform_key)
-    return svc.predict_latency(load_latency_predictor(path, mtime), list(df["graph"]))
+    return svc.predict_latency(cache.load_latency_predictor(path, mtime), list(df["graph"]))
 
 
 def random_cell() -> None:
@@ -134,7 +130,7 @@ else:
     names = [p.name for p in ckpts]
     path = ckpts[names.index(st.selectbox("Latency predictor", names, key="lat_pred_ckpt"))]
     try:
-        predictor = load_latency_predictor(str(path), path.stat().st_mtime)
+        predictor = cache.load_latency_predictor(str(path), path.stat().st_mtime)
     except (ValueError, OSError) as e:
         st.error(f"Cannot load {path.name}: {e}")
         predictor = None
