@@ -37,7 +37,7 @@ def _train_config(args) -> "TrainConfig":
     model.update(_model_overrides(getattr(args, "model_json", None)))
     if getattr(args, "dropout", None) is not None:
         model["dropout"] = args.dropout
-    for k in ("epochs", "batch_size", "lr"):
+    for k in ("epochs", "batch_size", "lr", "weight_decay", "lambda_rank", "rank_loss", "lambda_cons", "threads"):
         if getattr(args, k, None) is not None:
             preset[k] = getattr(args, k)
     if getattr(args, "twin_grad", None) is not None:
@@ -81,6 +81,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lambda-rank", type=float, help="weight of the ranking loss term")
+    p.add_argument("--rank-loss", choices=["l1", "logistic"],
+                   help="ranking term: the paper's L1 on label differences, or a logistic loss over all pairs")
+    p.add_argument("--lambda-cons", type=float, help="weight of the consistency (twin) term")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--model-json", default=None,
                    help='model config overrides as JSON, e.g. \'{"d_model": 64, "depths": [2, 1, 1, 1]}\'')
     p.add_argument("--twin-grad", dest="twin_grad", action="store_true", default=None,
