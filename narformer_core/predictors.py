@@ -35,6 +35,108 @@ class AccuracyPredictor:
         raise NotImplementedError
 
 
+def _whole(v) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def narformer_bounds(config) -> tuple[list[int], list[int]]:
+    """(sizes, block counts) a NARFormerConfig dict asks for, for :func:`checked_module`.
+
+    Sizes are only those that become tensor dims (head_hidden and static_dim only for the latency
+    head); anything that is not a whole number is left to NARFormerConfig to refuse.
+    """
+    if not isinstance(config, dict):
+        return [], []
+    keys = ["token_dim", "depth_dim", "d_model", "ffn_dim", "n_heads"]
+    if config.get("head") == "latency":
+        keys += ["head_hidden", "static_dim"]
+    sizes = [_whole(config.get(k)) for k in keys]
+    counts = [_whole(v) for k in ("depths", "queries") if isinstance(config.get(k), (list, tuple))
+              for v in config[k]]
+    return sizes, counts
+
+
+def checked_module(make, state_dict, what: str, error: type[Exception] = CheckpointError,
+                   sizes=(), counts=()) -> torch.nn.Module:
+    """``make()`` with ``state_dict`` loaded, refusing weights that do not fit it with ``error``.
+
+    A doctored config could ask for a model of terabytes, allocated before any shape is compared.
+    So first: no size it asks for (``sizes``, e.g. d_model) may exceed the widest saved tensor (a
+    real config's widths are all dims of some weight), and its block ``counts`` together may not
+    exceed the number of saved tensors (every block has several). Then names and shapes are
+    compared (a checkpoint of another model size is named as such), and NaN or infinite weights
+    are refused: they would only give NaN predictions. (Building on the meta device instead would
+    cost seconds of imports on the first call.)
+    """
+    if not isinstance(state_dict, dict) or not state_dict or \
+            not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise error(f"{what}: its state_dict is not a table of tensors")
+    widest = max((max(v.shape) for v in state_dict.values() if v.dim()), default=1)
+    if max(sizes, default=0) > widest:
+        raise error(f"{what} does not match its model config: the config asks for a size of "
+                    f"{max(sizes):,}, but no saved tensor is wider than {widest:,} (another model?)")
+    if sum(counts) > len(state_dict):
+        raise error(f"{what} does not match its model config: the config asks for {sum(counts):,} blocks, "
+                    f"more than the {len(state_dict)} saved tensors could hold (another model?)")
+    try:
+        module = make()
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as e:
+        raise error(f"{what}: its model config cannot build the model ({type(e).__name__}: {str(e)[:200]})") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        raise error(f"{what} does not match its model config: tensors missing {missing[:3]}"
+                    f"{' ...' if len(missing) > 3 else ''}, unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''} "
+                    "(a checkpoint of a different model?)")
+    for k, t in expected.items():
+        got = tuple(state_dict[k].shape)
+        if got != tuple(t.shape):
+            raise error(f"{what} does not match its model config: tensor {k} has shape {list(got)}, the "
+                        f"config needs {list(t.shape)} (a checkpoint of a different model size?)")
+        v = state_dict[k]
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise error(f"{what}: tensor {k} holds NaN or infinite values (a damaged checkpoint?)")
+    module.load_state_dict(state_dict)
+    return module.eval()
+
+
+def load_weights_only(path: Path, error: type[Exception] = CheckpointError, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with one clear sentence for any failure.
+
+    weights_only=True unpickles tensors and plain containers only: a file that names any other
+    Python object (e.g. ``builtins.exec``, how a malicious pickle runs code) is refused before that
+    object is created, so nothing in the file ever runs. Torch's own message for that case advises
+    re-loading with weights_only=False; the user is told what the file holds instead.
+    """
+    import pickle
+    import re
+
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # A file pickled with protocol 4/5 makes torch warn before it refuses or loads it.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if m:
+            raise error(f"{path.name} is not a loadable checkpoint: it holds a Python object ({m.group(1)}) "
+                        "besides tensors and plain data, and was refused unread (checkpoints are loaded with "
+                        "weights_only=True: nothing in them runs). Use a checkpoint saved by this project.") from None
+        raise error(f"{path.name} is not a loadable checkpoint: not tensors and plain data (damaged, or a pickle "
+                    "of something else); refused unread (loaded with weights_only=True: nothing in it runs)") from None
+    except Exception as e:  # a truncated zip, not a torch file at all, an I/O error
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else "the file ends too early?"
+        msg = msg.split(" This is an internal miniz error")[0][:200]
+        raise error(f"{path.name} is not a loadable checkpoint ({type(e).__name__}: {msg})") from None
+
+
+# What from_checkpoint reads besides the weights: a checkpoint without these is not usable.
+_CKPT_TABLES = {"model_config": dict, "state_dict": dict, "task": dict, "split": dict}
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[NARFormer, dict]:
     """Load weights with ``weights_only=True`` (no code from the file ever runs)."""
     from .train import CKPT_FORMAT
@@ -42,19 +144,38 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[NARFormer, d
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a pickle with code in it, a truncated file, not a torch file at all
-        raise CheckpointError(f"{path.name} is not a loadable checkpoint: {type(e).__name__}: {str(e)[:200]}") from None
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    ck = load_weights_only(path, CheckpointError, device)
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path.name} is not a NAR-Former checkpoint (expected format {CKPT_FORMAT})")
-    try:
-        model = NARFormer(NARFormerConfig(**ck["model_config"]))
-        model.load_state_dict(ck["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as e:
-        raise CheckpointError(f"{path.name} does not match the NAR-Former model: {str(e)[:300]}") from None
-    model.eval()
+    # The keys the loader and from_checkpoint read, checked here: a doctored or foreign file gets
+    # one sentence, not a KeyError from deep inside.
+    for k, typ in _CKPT_TABLES.items():
+        if not isinstance(ck.get(k), typ):
+            raise CheckpointError(f"{path.name} is not a complete NAR-Former checkpoint: "
+                                  f"{k!r} is {'missing' if k not in ck else type(ck[k]).__name__}")
+    for k in ("train", "val"):
+        if not isinstance(ck["split"].get(k), torch.Tensor) or ck["split"][k].dtype not in (torch.int64, torch.int32):
+            raise CheckpointError(f"{path.name}: its split has no index tensor {k!r}")
+    if not isinstance(ck["task"].get("space"), str):
+        raise CheckpointError(f"{path.name}: its task does not name the search space")
+
+    def make():
+        return NARFormer(NARFormerConfig(**ck["model_config"]))
+
+    model = checked_module(make, ck["state_dict"], path.name, CheckpointError, *narformer_bounds(ck["model_config"]))
     return model.to(device), ck
+
+
+def _finite(pred: np.ndarray, path: str | None) -> np.ndarray:
+    # Finite weights can still overflow to NaN (a damaged checkpoint with a few huge values): say
+    # so instead of handing NaN to rankings, Kendall's tau or the page.
+    bad = int(np.size(pred) - np.isfinite(pred).sum())
+    if bad:
+        raise CheckpointError(f"{Path(path).name if path else 'the checkpoint'} gives no finite prediction for "
+                              f"{bad} of {np.size(pred)} architectures (damaged weights?)")
+    return pred
 
 
 class NARFormerPredictor(AccuracyPredictor):
@@ -73,7 +194,10 @@ class NARFormerPredictor(AccuracyPredictor):
         meta["train_idx"] = ck["split"]["train"].numpy()
         meta["val_idx"] = ck["split"]["val"].numpy()
         meta["path"] = str(path)
-        meta["target"] = TargetMap.from_state(ck.get("target"))
+        try:
+            meta["target"] = TargetMap.from_state(ck.get("target"))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise CheckpointError(f"{Path(path).name}: its target map is damaged ({type(e).__name__}: {e})") from None
         return cls(model, meta, ck["task"].get("scheme", "nerf"), device=device)
 
     def to_percent(self, raw: np.ndarray) -> np.ndarray:
@@ -116,7 +240,7 @@ class NARFormerPredictor(AccuracyPredictor):
             mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
             self._cache[key] = predict_tokens(self.model, torch.from_numpy(tk.depth),
                                               torch.from_numpy(tk.nodes), mask)
-        out = self.to_percent(self._cache[key])
+        out = _finite(self.to_percent(self._cache[key]), self.meta.get("path"))
         return out if idx is None else out[np.asarray(idx)]
 
     def predict_graphs(self, graphs: Sequence[ArchGraph]) -> np.ndarray:
@@ -130,5 +254,5 @@ class NARFormerPredictor(AccuracyPredictor):
         tk = tokenize_graphs(graphs, self.scheme)
         mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
         raw = predict_tokens(self.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), mask)
-        return self.to_percent(raw)
+        return _finite(self.to_percent(raw), self.meta.get("path"))
 

@@ -101,6 +101,15 @@ def _network_tokens(g: ArchGraph):
     return tk.depth, tk.nodes.astype(np.float16), tk.static
 
 
+def _finite_ms(ms: np.ndarray, name: str) -> np.ndarray:
+    # Finite weights can still overflow to NaN (a damaged checkpoint): one sentence, not "nan ms".
+    ms = np.asarray(ms, dtype=np.float64)
+    if not np.isfinite(ms).all():
+        raise ValueError(f"the {name} predictor gives no finite latency for {int((~np.isfinite(ms)).sum())} of "
+                         f"{ms.size} networks (a damaged checkpoint?)")
+    return ms
+
+
 def _check_ms(y, n: int) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64).ravel()
     if len(y) != n:
@@ -219,7 +228,7 @@ class FlopsRegression(LatencyPredictor):
         return self._design(_check_graphs(graphs)) @ self.coef + self.intercept
 
     def predict(self, graphs) -> np.ndarray:
-        return np.exp(self.predict_log(graphs))
+        return _finite_ms(np.exp(self.predict_log(graphs)), self.name)
 
     def _state(self):
         return {"config": {"alpha": self.alpha, "degree": self.degree},
@@ -228,9 +237,13 @@ class FlopsRegression(LatencyPredictor):
 
     def _load_state(self, st):
         self.alpha, self.degree = st["config"]["alpha"], st["config"]["degree"]
-        for k, v in st["arrays"].items():
-            setattr(self, k, v.numpy())
+        for k in ("mu", "sd", "coef"):
+            setattr(self, k, st["arrays"][k].numpy())
         self.intercept = float(st["intercept"])
+        # A doctored degree or coefficient count would only fail later, inside a matrix product.
+        n_coef = 14 if self.degree == 2 else 4
+        if self.degree not in (1, 2) or self.coef.shape != (n_coef,) or self.mu.shape != (4,) or self.sd.shape != (4,):
+            raise ValueError(f"degree {self.degree!r} with {self.coef.shape} coefficients is not a FLOPs regression")
 
 
 # ------------------------------------------------------------------ (a) NAR-Former
@@ -306,7 +319,7 @@ class NARFormerLatency(LatencyPredictor):
             raise ValueError("the NAR-Former latency predictor is not fitted")
         graphs = _check_graphs(graphs)
         raw = predict_raw(self.net, self._tokens(graphs), self.device)
-        return self.target.inverse(raw, self._offsets(graphs))
+        return _finite_ms(self.target.inverse(raw, self._offsets(graphs)), self.name)
 
     def _state(self):
         return {"config": {"model": _plain(self.model_config().to_dict()),
@@ -322,9 +335,11 @@ class NARFormerLatency(LatencyPredictor):
         c = st["config"]
         self.model_overrides, self.train_overrides = c["model_overrides"], c["train"]
         self.static_raw = c["static_raw"]
-        self.net = NARFormer(NARFormerConfig(**c["model"]))
-        self.net.load_state_dict(st["state_dict"])
-        self.net.eval()
+        # The config is bounded by the saved tensors before anything is built: a doctored config
+        # cannot make the loader allocate a huge model, and another model size is named as such.
+        from ..predictors import checked_module, narformer_bounds
+        self.net = checked_module(lambda: NARFormer(NARFormerConfig(**c["model"])), st["state_dict"],
+                                  "the latency checkpoint", LatencyCheckpointError, *narformer_bounds(c["model"]))
         from .train_latency import LatencyTarget
         self.target = LatencyTarget.from_state(st["target"])
         self.static_mu, self.static_sd = st["arrays"]["static_mu"].numpy(), st["arrays"]["static_sd"].numpy()
@@ -510,7 +525,8 @@ class NNLPGraphNet(LatencyPredictor):
         if self.net is None:
             raise ValueError("the NNLP graph network is not fitted")
         graphs = _check_graphs(graphs)
-        return np.exp(np.clip(self._predict_z(self.net, graphs) * self.y_sd + self.y_mu, -30, 30))
+        return _finite_ms(np.exp(np.clip(self._predict_z(self.net, graphs) * self.y_sd + self.y_mu, -30, 30)),
+                          self.name)
 
     def _state(self):
         return {"config": {"options": dict(self.opt), "n_feat": self.n_feat, "n_num": self.n_num},
@@ -522,16 +538,21 @@ class NNLPGraphNet(LatencyPredictor):
         c = st["config"]
         self.opt = {**NNLP_DEFAULTS, **c["options"]}
         self.n_feat, self.n_num = c["n_feat"], c["n_num"]
-        self.net = GraphNet(self.n_feat, self.n_num, self.opt["width"], self.opt["layers"], 4,
-                            self.opt["head_hidden"], self.opt["dropout"])
-        self.net.load_state_dict(st["state_dict"])
-        self.net.eval()
+        from ..predictors import checked_module
+        self.net = checked_module(lambda: GraphNet(self.n_feat, self.n_num, self.opt["width"], self.opt["layers"], 4,
+                                                   self.opt["head_hidden"], self.opt["dropout"]),
+                                  st["state_dict"], "the latency checkpoint", LatencyCheckpointError,
+                                  [self.opt["width"], self.opt["head_hidden"], self.n_feat, self.n_num],
+                                  [self.opt["layers"]])
         self.y_mu, self.y_sd = st["target"]["mu"], st["target"]["sd"]
         self.static_mu, self.static_sd = st["arrays"]["static_mu"].numpy(), st["arrays"]["static_sd"].numpy()
 
 
 # ------------------------------------------------------------------ factory and loading
 _CLASSES = {"narformer": NARFormerLatency, "flops": FlopsRegression, "nnlp": NNLPGraphNet}
+# The tables each kind's _load_state reads: checked first so that a damaged file gets a sentence.
+_TABLES = {"narformer": ("config", "state_dict", "target", "arrays"), "flops": ("config", "arrays"),
+           "nnlp": ("config", "state_dict", "target", "arrays")}
 
 
 def make_predictor(kind: str, **options) -> LatencyPredictor:
@@ -545,14 +566,16 @@ def load_predictor(path) -> LatencyPredictor:
     path = Path(path)
     if not path.is_file():
         raise LatencyCheckpointError(f"no latency checkpoint at {path}")
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, truncated, or a pickle with code in it
-        raise LatencyCheckpointError(f"{path.name} is not a loadable checkpoint: "
-                                     f"{type(e).__name__}: {str(e)[:200]}") from None
+    from ..predictors import load_weights_only
+
+    st = load_weights_only(path, LatencyCheckpointError)
     if not isinstance(st, dict) or st.get("format") != CKPT_FORMAT or st.get("kind") not in _CLASSES:
         raise LatencyCheckpointError(f"{path.name} is not a latency predictor checkpoint "
                                      f"(expected format {CKPT_FORMAT})")
+    for k in _TABLES[st["kind"]]:
+        if not isinstance(st.get(k), dict):
+            raise LatencyCheckpointError(f"{path.name} is not a complete {st['kind']} latency checkpoint: "
+                                         f"{k!r} is {'missing' if k not in st else 'a ' + type(st[k]).__name__}")
     p = _CLASSES[st["kind"]].__new__(_CLASSES[st["kind"]])
     LatencyPredictor.__init__(p)
     p.summary = {}
@@ -560,8 +583,21 @@ def load_predictor(path) -> LatencyPredictor:
         p.device, p.offset_model = "cpu", None
     try:
         p._load_state(st)
-    except (KeyError, TypeError, RuntimeError, ValueError) as e:
-        raise LatencyCheckpointError(f"{path.name} does not match the {st['kind']} predictor: "
-                                     f"{str(e)[:300]}") from None
-    p.meta = dict(st.get("meta") or {})
+    except LatencyCheckpointError as e:
+        raise LatencyCheckpointError(f"{path.name}: {e}") from None
+    except KeyError as e:
+        raise LatencyCheckpointError(f"{path.name} is not a complete {st['kind']} latency checkpoint: "
+                                     f"it lacks the entry {e}") from None
+    # TypeError / AttributeError / IndexError: a table that is a number, a tensor that is a list,
+    # ... deeper inside a damaged or doctored file; Python's wording would not help the user.
+    except (TypeError, AttributeError, IndexError) as e:
+        raise LatencyCheckpointError(f"{path.name} is not a valid {st['kind']} latency checkpoint: an "
+                                     f"entry has the wrong type ({type(e).__name__})") from None
+    except (RuntimeError, ValueError) as e:
+        raise LatencyCheckpointError(f"{path.name} does not match the {st['kind']} predictor "
+                                     f"({type(e).__name__}: {str(e)[:300]})") from None
+    meta = st.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise LatencyCheckpointError(f"{path.name}: its meta data is a {type(meta).__name__}, not a table")
+    p.meta = dict(meta)
     return p
