@@ -11,6 +11,7 @@ count and batch size: :func:`platform_key` names that.
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -25,6 +26,11 @@ from typing import Any, Mapping
 import numpy as np
 
 PROVIDER = "CPUExecutionProvider"
+# Inputs are filled with random data and the model then runs for real: a tensor above this many
+# elements (800 MB as float32) is refused before anything is allocated, so that a model declaring
+# a 1 x 3 x 10^9 x 10^9 input, or one that blows a small input up, cannot exhaust the memory of
+# the machine (and the app's server with it).
+MAX_TENSOR_ELEMENTS = 200_000_000
 
 
 class ModelLoadError(ValueError):
@@ -161,7 +167,9 @@ def _open_session(model, threads: int):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # errors only: warnings about unused initialisers are noise here
+    # Fatal only: warnings about unused initialisers are noise, and a failing run's error is raised
+    # to the caller (who reports it in one line) as well as logged, which printed it twice.
+    opts.log_severity_level = 4
     try:
         return ort.InferenceSession(source, sess_options=opts, providers=[PROVIDER])
     except Exception as e:  # onnxruntime raises its own pybind exception types
@@ -182,14 +190,51 @@ def _random_feeds(session, batch_size: int, rng: np.random.Generator) -> tuple[d
         if dtype is None:
             raise MeasurementError(f"input {inp.name!r} has type {inp.type}, which the timer cannot "
                                    "fill with random data")
+        size = math.prod(shape)
+        if size > MAX_TENSOR_ELEMENTS:
+            raise MeasurementError(f"input {inp.name!r} has shape {shape}: {size:,} elements, over the "
+                                   f"limit of {MAX_TENSOR_ELEMENTS:,} that can be filled with random data")
         if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+            # Drawn in float32 directly: no float64 copy twice the size of the input.
+            feeds[inp.name] = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
         elif dtype is np.bool_:
             feeds[inp.name] = rng.random(shape) < 0.5
         else:
             # Integer inputs are usually indices or shapes: zeros are always in range.
             feeds[inp.name] = np.zeros(shape, dtype=dtype)
     return feeds, (batch_size if fed_batch is None else fed_batch)
+
+
+def check_tensor_sizes(model) -> None:
+    """Refuse (MeasurementError) a model whose inferred tensors exceed MAX_TENSOR_ELEMENTS.
+
+    ONNX shape inference only, nothing runs. Unknown dims count as 1, so this is a lower bound:
+    it catches declared and statically computable blow-ups, not data-dependent ones. A model
+    that cannot be read or inferred passes: onnxruntime then says what is wrong with it.
+    """
+    import onnx
+
+    try:
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            proto = onnx.load_from_string(bytes(model))
+        elif isinstance(model, (str, os.PathLike)):
+            proto = onnx.load(str(model), load_external_data=False)
+        elif hasattr(model, "SerializeToString"):
+            proto = model
+        else:
+            return
+        graph = onnx.shape_inference.infer_shapes(proto, data_prop=True).graph
+    except Exception:  # onnx raises many types; the session that follows reports the problem
+        return
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                for d in vi.type.tensor_type.shape.dim]
+        size = math.prod(dims)
+        if size > MAX_TENSOR_ELEMENTS:
+            raise MeasurementError(f"tensor {vi.name!r} of the model would have shape {dims}: {size:,} "
+                                   f"elements, over the limit of {MAX_TENSOR_ELEMENTS:,} for a measurement")
 
 
 def measure_onnx(model, *, threads: int = 1, warmup: int = 10, repeats: int = 30,
@@ -210,6 +255,7 @@ def measure_onnx(model, *, threads: int = 1, warmup: int = 10, repeats: int = 30
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
+    check_tensor_sizes(model)
     session = _open_session(model, int(threads))
     feeds, fed_batch = _random_feeds(session, int(batch_size), np.random.default_rng(seed))
     run = session.run
