@@ -335,7 +335,9 @@ def nb101_ground_truth(module_hash: str) -> pd.DataFrame:
 
 
 def nb101_graph(matrix, ops: Sequence[str]) -> ArchGraph:
-    return nb101.to_graph(np.asarray(matrix, dtype=np.int64), list(ops))
+    # Passed as given: nb101.to_graph checks entries and ops and says what is wrong (a cast to
+    # int64 here turned 0.5 into 0 and NaN into a huge negative number, and list(None) failed).
+    return nb101.to_graph(matrix, ops)
 
 
 # ------------------------------------------------------------------ tokens

@@ -96,10 +96,16 @@ def _resolve(path: str, data_dir) -> Path:
 @lru_cache(maxsize=None)
 def _read_csv(name: str, data_dir, columns: tuple[str, ...]) -> pd.DataFrame:
     path = shared_file(name, data_dir)
-    df = pd.read_csv(path, dtype=str)
+    try:
+        df = pd.read_csv(path, dtype=str)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path} is not a readable CSV file ({type(e).__name__}: {first})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}; is it the right file?")
+    if len(df) == 0:   # a header alone would fail much later, inside training
+        raise ValueError(f"{path} has no data rows")
     return df
 
 

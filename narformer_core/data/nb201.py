@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..graph import GraphError
 from ..spaces import nb201
 from . import DataUnavailable, shared_file
 
@@ -78,15 +79,41 @@ def _analog() -> np.ndarray:
 
 
 def _by_arch_str(df: pd.DataFrame, column: str) -> np.ndarray:
+    name = df.attrs.get("source", "the label file")
+    missing = [c for c in ("arch_str", column) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} lacks the column(s) {', '.join(missing)}; is it the right file?")
+    if len(df) == 0:
+        raise ValueError(f"{name} has no data rows")
     out = np.full(nb201.N_ARCHS, np.nan)
-    idx = [nb201.index_of(nb201.parse(s)) for s in df["arch_str"]]
-    out[idx] = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
+    idx = []
+    for row, s in enumerate(df["arch_str"]):
+        try:
+            idx.append(nb201.index_of(nb201.parse(s)))
+        except GraphError as e:
+            raise ValueError(f"{name}, data row {row + 1}: {e}") from None
+    # Unreadable numbers become NaN (unknown), like the benchmark's own gaps; inf is no accuracy.
+    vals = np.array(pd.to_numeric(df[column], errors="coerce"), dtype=np.float64)   # a writable copy
+    vals[~np.isfinite(vals)] = np.nan
+    if np.isnan(vals).all():
+        raise ValueError(f"{name}: column {column} holds no numbers")
+    out[idx] = vals
     return out
 
 
 @lru_cache(maxsize=None)
 def _read_csv(name: str, data_dir) -> pd.DataFrame:
-    return pd.read_csv(shared_file(name, data_dir))
+    path = shared_file(name, data_dir)
+    try:
+        df = pd.read_csv(path)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"{path} is not a readable CSV file ({type(e).__name__}: {_first_line(e)})") from None
+    df.attrs["source"] = str(path)
+    return df
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def load_labels(source: str = "analog", data_dir=None) -> np.ndarray:

@@ -81,7 +81,13 @@ def to_arch_str(ops: Sequence[str]) -> str:
 
 def to_graph(arch: str | Sequence[str]) -> ArchGraph:
     """Arch string (or the 6 ops) -> the 8-node architecture graph."""
-    ops = parse(arch) if isinstance(arch, str) else tuple(arch)
+    if isinstance(arch, str):
+        ops = parse(arch)
+    else:
+        try:
+            ops = tuple(arch)
+        except TypeError:   # None, a number, ...: say so rather than "object is not iterable"
+            raise GraphError(f"an NB201 cell is an arch string or its 6 ops, got {type(arch).__name__}") from None
     arch_str = to_arch_str(ops)
     names = ["input", *ops, "output"]
     nodes = [Node(op, PREDECESSORS[i]) for i, op in enumerate(names)]
