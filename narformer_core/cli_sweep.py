@@ -33,7 +33,8 @@ CSV_COLUMNS = ("train_size", "seed", "state", "selected", "checkpoint", "val_tau
 _PASS = (("labels", "--labels"), ("test_labels", "--test-labels"), ("val_size", "--val-size"),
          ("preset", "--preset"), ("epochs", "--epochs"), ("batch_size", "--batch-size"), ("lr", "--lr"),
          ("dropout", "--dropout"), ("model_json", "--model-json"), ("device", "--device"),
-         ("data_dir", "--data-dir"))
+         ("data_dir", "--data-dir"), ("weight_decay", "--weight-decay"), ("lambda_rank", "--lambda-rank"),
+         ("rank_loss", "--rank-loss"), ("lambda_cons", "--lambda-cons"))
 
 
 def run_name(train_size: int, seed: int) -> str:
@@ -59,6 +60,10 @@ def register(subparsers, bench_parser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--dropout", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lambda-rank", type=float, help="weight of the ranking loss term")
+    p.add_argument("--rank-loss", choices=["l1", "logistic"])
+    p.add_argument("--lambda-cons", type=float, help="weight of the consistency (twin) term")
     p.add_argument("--model-json", default=None, help="model config overrides as JSON (as for train)")
     p.add_argument("--twin-grad", dest="twin_grad", action="store_true", default=None)
     p.add_argument("--no-twin-grad", dest="twin_grad", action="store_false")
