@@ -583,8 +583,8 @@ def load_predictor(path) -> LatencyPredictor:
         p.device, p.offset_model = "cpu", None
     try:
         p._load_state(st)
-    except LatencyCheckpointError as e:
-        raise LatencyCheckpointError(f"{path.name}: {e}") from None
+    except LatencyCheckpointError as e:   # from checked_module, which does not know the file's name
+        raise LatencyCheckpointError(str(e).replace("the latency checkpoint", path.name, 1)) from None
     except KeyError as e:
         raise LatencyCheckpointError(f"{path.name} is not a complete {st['kind']} latency checkpoint: "
                                      f"it lacks the entry {e}") from None
