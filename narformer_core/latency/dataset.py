@@ -203,16 +203,21 @@ def cpu_time_ms(data: bytes, *, threads: int = 1, warmup: int = 2, repeats: int 
             "cpu_samples_ms": [round(float(x), 3) for x in ms]}
 
 
-def measure_spec(spec: Mapping, measure: Mapping | None = None) -> tuple[dict, ArchGraph]:
-    """Export, import and time one zoo spec -> (record, graph)."""
+def measure_spec(spec: Mapping, measure: Mapping | None = None, networks=None) -> tuple[dict, ArchGraph]:
+    """Export, import and time one zoo spec -> (record, graph).
+
+    ``networks``: the module that builds the spec (``export_onnx``, ``spec_id``, ``describe``);
+    the zoo by default, ``latency.outside_zoo`` for the families outside it.
+    """
     from ..features import static_features
     from ..onnx_import import load_onnx
-    from . import zoo
     from .measure import measure_onnx, platform_key
 
+    if networks is None:
+        from . import zoo as networks
     opts = {**DEFAULT_MEASURE, **(measure or {})}
     t0 = time.perf_counter()
-    data = zoo.export_onnx(spec)
+    data = networks.export_onnx(spec)
     graph = load_onnx(data, max_bytes=None)
     export_s = time.perf_counter() - t0
     load = _load_avg()
@@ -223,8 +228,8 @@ def measure_spec(spec: Mapping, measure: Mapping | None = None) -> tuple[dict, A
     del data
     gd = graph.to_dict()
     record = {
-        "schema": SCHEMA, "spec_id": zoo.spec_id(spec), "family": spec["family"], "spec": dict(spec),
-        "description": zoo.describe(spec), "graph": gd, "graph_hash": graph.stable_hash(),
+        "schema": SCHEMA, "spec_id": networks.spec_id(spec), "family": spec["family"], "spec": dict(spec),
+        "description": networks.describe(spec), "graph": gd, "graph_hash": graph.stable_hash(),
         "n_nodes": len(graph), "static": static_features(graph),
         "median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "std_ms": m.std_ms, "mean_ms": m.mean_ms,
         "min_ms": m.min_ms, "p90_ms": m.p90_ms, "repeats": m.repeats, "platform": m.platform,

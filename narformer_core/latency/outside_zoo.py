@@ -47,11 +47,9 @@ Torch is imported lazily, as in the zoo.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -311,16 +309,7 @@ def build_module(spec: Mapping):
 def export_onnx(spec: Mapping) -> bytes:
     """The spec as ONNX bytes with the zoo's export settings (opset 17, weights inside, Conv-BN
     folded, TorchScript exporter)."""
-    import torch
-
-    module = zoo._fuse_conv_bn(build_module(spec))
-    example = torch.zeros(input_shape(spec))
-    buf = io.BytesIO()
-    with zoo._one_thread(torch), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=17,
-                          do_constant_folding=True, input_names=["input"], output_names=["output"])
-    return buf.getvalue()
+    return zoo.module_onnx(build_module(spec), input_shape(spec))
 
 
 def estimate_macs(spec: Mapping) -> int:
@@ -337,36 +326,11 @@ def estimate_params(spec: Mapping) -> int:
 @functools.lru_cache(maxsize=4096)
 def _cost_of(canonical: str) -> tuple[int, int]:
     import torch
-    import torch.nn as nn
 
     spec = json.loads(canonical)
     with torch.device("meta"):
         module = _construct(spec).eval()
-    params = sum(p.numel() for p in module.parameters())
-    # As in the zoo: shape-preserving layers are slow Python decompositions on the meta device
-    # and cost nothing here, so they are swapped out before the pass.
-    passthrough = (nn.BatchNorm2d, nn.LayerNorm, nn.ReLU, nn.GELU, nn.Sigmoid)
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, passthrough):
-                setattr(parent, name, nn.Identity())
-    total = 0
-
-    def count(m, inputs, out):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        else:
-            total += out.numel() * m.in_features
-
-    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module(torch.empty(input_shape(spec), device="meta"))
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(total), int(params)
+    return zoo.module_cost(module, input_shape(spec))
 
 
 @functools.lru_cache(maxsize=1)
@@ -650,43 +614,13 @@ def _builders() -> dict[str, Callable[[Mapping], Any]]:
 
 # ---------------------------------------------------------------- measuring (the zoo data set's way)
 def measure_spec(spec: Mapping, measure: Mapping | None = None) -> tuple[dict, Any]:
-    """Export, import and time one outside-zoo spec -> (record, graph).
+    """Export, import and time one outside-zoo spec -> (record, graph): the zoo data set's
+    ``dataset.measure_spec`` (same steps, options and record fields) with this module's networks."""
+    import sys
 
-    The same steps, options and record fields as ``latency.dataset.measure_spec`` (which is
-    bound to the zoo's export): onnxruntime wall clock by ``measure_onnx``, then the inference
-    thread's CPU time by ``dataset.cpu_time_ms``, the 1-minute load average when timing started.
-    """
-    from ..features import static_features
-    from ..onnx_import import load_onnx
     from . import dataset as ds
-    from .measure import measure_onnx, platform_key
 
-    opts = {**ds.DEFAULT_MEASURE, **(measure or {})}
-    t0 = time.perf_counter()
-    data = export_onnx(spec)
-    graph = load_onnx(data, max_bytes=None)
-    export_s = time.perf_counter() - t0
-    load = ds._load_avg()
-    m = measure_onnx(data, threads=int(opts["threads"]), warmup=int(opts["warmup"]),
-                     repeats=int(opts["repeats"]), min_seconds=float(opts["min_seconds"]),
-                     batch_size=int(spec.get("batch_size", 1)))
-    cpu = (ds.cpu_time_ms(data, repeats=max(10, int(opts["repeats"]) // 2))
-           if int(opts["threads"]) == 1 else {})
-    del data
-    record = {
-        "schema": ds.SCHEMA, "spec_id": spec_id(spec), "family": spec["family"], "spec": dict(spec),
-        "description": describe(spec), "graph": graph.to_dict(), "graph_hash": graph.stable_hash(),
-        "n_nodes": len(graph), "static": static_features(graph),
-        "median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "std_ms": m.std_ms, "mean_ms": m.mean_ms,
-        "min_ms": m.min_ms, "p90_ms": m.p90_ms, "repeats": m.repeats, "platform": m.platform,
-        "platform_key": platform_key(m.platform), "measured_at": m.measured_at,
-        "p10_ms": float(np.percentile(m.samples_ms, 10)), "p25_ms": float(np.percentile(m.samples_ms, 25)),
-        "samples_ms": [round(x, 3) for x in m.samples_ms],
-        **cpu,
-        "load_avg": load, "export_s": round(export_s, 3),
-        "measure_options": {k: opts[k] for k in ds.DEFAULT_MEASURE},
-    }
-    return record, graph
+    return ds.measure_spec(spec, measure, networks=sys.modules[__name__])
 
 
 def build_outside_set(out: str | os.PathLike, per_family: int, *, seed: int = 0,

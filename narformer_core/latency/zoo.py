@@ -468,16 +468,24 @@ def estimate_params(spec: Mapping) -> int:
 @functools.lru_cache(maxsize=4096)
 def _cost_of(canonical: str) -> tuple[int, int]:
     import torch
-    import torch.nn as nn
 
     spec = json.loads(canonical)
     with torch.device("meta"):
         module = _construct(spec).eval()
+    return module_cost(module, input_shape(spec))
+
+
+def module_cost(module, shape) -> tuple[int, int]:
+    """(MACs of convolutions and linear layers, parameters) of a module built on the meta device,
+    for one input of ``shape``. Also used by the families outside the zoo."""
+    import torch
+    import torch.nn as nn
+
     params = sum(p.numel() for p in module.parameters())
     # Shape-preserving layers cost nothing here but their meta kernels are slow Python
     # decompositions (batch norm was half the time), so they are swapped out before the pass.
-    passthrough = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.Sigmoid,
-                   nn.Hardsigmoid, nn.Dropout)
+    passthrough = (nn.BatchNorm2d, nn.LayerNorm, nn.ReLU, nn.ReLU6, nn.GELU, nn.Hardswish, nn.SiLU,
+                   nn.Sigmoid, nn.Hardsigmoid, nn.Dropout)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, passthrough):
@@ -496,7 +504,7 @@ def _cost_of(canonical: str) -> tuple[int, int]:
              if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            module(torch.empty(input_shape(spec), device="meta"))
+            module(torch.empty(shape, device="meta"))
     finally:
         for h in hooks:
             h.remove()
@@ -525,10 +533,16 @@ def _fuse_conv_bn(module):
 
 def export_onnx(spec: Mapping) -> bytes:
     """The spec as ONNX bytes (opset 17, weights inside, BN folded), built in memory."""
+    return module_onnx(build_module(spec), input_shape(spec))
+
+
+def module_onnx(module, shape) -> bytes:
+    """A built module as the data set's ONNX (opset 17, weights inside, Conv-BN folded,
+    TorchScript exporter). Also used by the families outside the zoo."""
     import torch
 
-    module = _fuse_conv_bn(build_module(spec))
-    example = torch.zeros(input_shape(spec))
+    module = _fuse_conv_bn(module)
+    example = torch.zeros(shape)
     buf = io.BytesIO()
     # Tracing runs one real forward pass, on one thread (see _one_thread).
     with _one_thread(torch), torch.no_grad(), warnings.catch_warnings():
