@@ -72,11 +72,17 @@ def _model_overrides(text: str | None) -> dict:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="nb201", choices=["nb201", "nb101"])
+    p.add_argument("--train-size", type=int, default=781)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    add_protocol_args(p)
+
+
+def add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """Labels, preset and its overrides: the training flags `train`, `bench` and `sweep` share."""
     p.add_argument("--labels", default=None, help="training/validation label source (default: the space's embedded default)")
     p.add_argument("--test-labels", default=None, help="label source for testing (default: --labels)")
-    p.add_argument("--train-size", type=int, default=781)
     p.add_argument("--val-size", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -87,7 +93,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank-loss", choices=["l1", "logistic"],
                    help="ranking term: the paper's L1 on label differences, or a logistic loss over all pairs")
     p.add_argument("--lambda-cons", type=float, help="weight of the consistency (twin) term")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--model-json", default=None,
                    help='model config overrides as JSON, e.g. \'{"d_model": 64, "depths": [2, 1, 1, 1]}\'')
     p.add_argument("--twin-grad", dest="twin_grad", action="store_true", default=None,

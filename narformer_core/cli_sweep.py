@@ -42,7 +42,7 @@ def run_name(train_size: int, seed: int) -> str:
 
 
 def register(subparsers, bench_parser) -> None:
-    from .cli import PRESETS
+    from .cli import add_protocol_args
 
     p = subparsers.add_parser("sweep", help="train one run per (train size, seed) as subprocesses; resumable")
     p.add_argument("--space", default="nb201", choices=["nb201", "nb101"])
@@ -52,23 +52,7 @@ def register(subparsers, bench_parser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per training (default: cores // jobs, at least 1)")
-    p.add_argument("--labels", default=None)
-    p.add_argument("--test-labels", default=None)
-    p.add_argument("--val-size", type=int, default=200)
-    p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lambda-rank", type=float, help="weight of the ranking loss term")
-    p.add_argument("--rank-loss", choices=["l1", "logistic"])
-    p.add_argument("--lambda-cons", type=float, help="weight of the consistency (twin) term")
-    p.add_argument("--model-json", default=None, help="model config overrides as JSON (as for train)")
-    p.add_argument("--twin-grad", dest="twin_grad", action="store_true", default=None)
-    p.add_argument("--no-twin-grad", dest="twin_grad", action="store_false")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None)
+    add_protocol_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print sweep.json instead of a table")
     p.set_defaults(func=cmd_sweep)
