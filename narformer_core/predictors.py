@@ -232,10 +232,18 @@ class NARFormerPredictor(AccuracyPredictor):
         return self
 
     def predict(self, task: AccuracyTask, idx: np.ndarray | None = None) -> np.ndarray:
-        key = (task.space, task.labels, len(task))
-        if key not in self._cache:
-            from .train import predict_tokens
+        from .train import predict_tokens
 
+        key = (task.space, task.labels, len(task))
+        if key not in self._cache and idx is not None and len(idx) <= len(task) // 8:
+            # A few cells of a model that may never be asked again (a search guide, retrained
+            # every round): predict just those instead of the whole space.
+            i = np.asarray(idx, dtype=np.int64)
+            tk = task.tokens(self.scheme)
+            mask = None if tk.mask[i].all() else torch.from_numpy(tk.mask[i])
+            raw = predict_tokens(self.model, torch.from_numpy(tk.depth[i]), torch.from_numpy(tk.nodes[i]), mask)
+            return _finite(self.to_percent(raw), self.meta.get("path"))
+        if key not in self._cache:
             tk = task.tokens(self.scheme)
             mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
             self._cache[key] = predict_tokens(self.model, torch.from_numpy(tk.depth),

@@ -56,7 +56,9 @@ def plot(res: dict, path: Path) -> None:
         rows = [r for r in res["table"] if r["algo"] == a]
         y = [r[f"test[{src}]"]["mean"] for r in rows]
         e = [r[f"test[{src}]"]["std"] for r in rows]
-        bx.bar(np.arange(len(rows)) + k * w - 0.4 + w / 2, y, w, yerr=e, capsize=3, label=a)
+        # an algorithm merged in at fewer budgets (--merge) keeps each bar over its own budget
+        x = np.array([budgets.index(r["budget"]) for r in rows], dtype=float)
+        bx.bar(x + k * w - 0.4 + w / 2, y, w, yerr=e, capsize=3, label=a)
     bx.set_xticks(range(len(budgets)), [f"budget {b}" for b in budgets])
     lo = min(r[f"test[{src}]"]["mean"] - r[f"test[{src}]"]["std"] for r in res["table"])
     hi = max(r[f"test[{src}]"]["mean"] + r[f"test[{src}]"]["std"] for r in res["table"])
@@ -93,6 +95,20 @@ def plot_pareto(res: dict, fronts: dict, true_front: list[dict], path: Path) -> 
     fig.savefig(path, dpi=120)
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``old`` with the algorithms of ``new`` added or replaced (same labels, seeds and device)."""
+    for k in ("labels", "test_labels", "seeds", "device", "latency_budget_ms"):
+        if old.get(k) != new.get(k):
+            raise SystemExit(f"--merge: {k} differs ({old.get(k)!r} in the file, {new.get(k)!r} now)")
+    algos = {r["algo"] for r in new["runs"]}
+    out = dict(old)
+    out["table"] = [r for r in old["table"] if r["algo"] not in algos] + new["table"]
+    out["runs"] = [r for r in old["runs"] if r["algo"] not in algos] + new["runs"]
+    out["budgets"] = sorted(set(old["budgets"]) | set(new["budgets"]))
+    out["command"] = old.get("command", "") + " ; then " + new["command"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algos", default="random,evolution,predictor:gbdt,predictor:mlp")
@@ -101,6 +117,9 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="latency device (HELP or nn-Meter name)")
     ap.add_argument("--latency-budget", type=float, default=None, help="ms")
     ap.add_argument("--name", default=None, help="output name (default nb201, or <device>_<budget>ms)")
+    ap.add_argument("--merge", action="store_true",
+                    help="add these algorithms' rows to the existing output file (replacing their old rows) "
+                         "instead of overwriting it; labels, seeds and device must match")
     ap.add_argument("--replot", default=None, metavar="JSON", help="only redraw the figures of a saved result")
     args = ap.parse_args()
     if args.replot:
@@ -127,6 +146,8 @@ def main() -> None:
     name = args.name or ("nb201" if not args.device else f"{args.device}_{args.latency_budget:g}ms")
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / f"search_{name}.json"
+    if args.merge and out.exists():
+        res = merge(json.loads(out.read_text()), res)
     if args.device:
         fronts = {r["algo"]: r["pareto"] for r in res["runs"] if r["seed"] == seeds[0]}
         true_front = space_pareto_front(args.device, res["labels"])

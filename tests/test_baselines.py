@@ -101,3 +101,15 @@ def test_registry_and_errors():
         B.make_predictor("gin").predict(TASK, TEST)
     with pytest.raises(ValueError, match="at least 2"):
         B.make_predictor("gbdt").fit(TASK, TRAIN[:1])
+
+
+def test_narformer_predicts_a_few_cells_like_the_whole_space():
+    """The few-cells path (a search guide asks for ~200 candidates) gives the same numbers as
+    predicting all 15,625 cells and indexing."""
+    task = load_task("nb201", "nb201-val")
+    tr, va = split(task, 40, 20, seed=0)
+    small = {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]}
+    p = NARFormerPredictor(train_kwargs={"epochs": 2, "batch_size": 20, "model": small}).fit(task, tr, va, seed=0)
+    idx = np.array([5, 17, 400, 15_000, 9_999])
+    few = p.predict(task, idx)
+    assert np.allclose(few, p.predict(task)[idx], atol=1e-4)

@@ -187,3 +187,29 @@ def test_real_device_table_and_labels():
         run_search("random", 10, device="toaster")
     d = r.to_dict()
     assert len(d["history"]) == 30 and d["best"]["arch"] == r.best_arch
+
+
+def test_narformer_guide_trains_the_fast_preset_model_and_is_deterministic():
+    """NAR-Former as the guide: retrained every round with NARFORMER_GUIDE_DEFAULTS (a tiny
+    epoch count here to keep the test short), spends the budget, repeats exactly per seed."""
+    from narformer_core.search import NARFORMER_GUIDE_DEFAULTS
+
+    kw = {"train_kwargs": {**NARFORMER_GUIDE_DEFAULTS["train_kwargs"], "epochs": 2,
+                           "model": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]}}}
+    runs = [run_search("predictor", 24, seed=1, labels=TOY, test_labels={}, predictor="narformer",
+                       predictor_kwargs=kw, n_mutations=3) for _ in range(2)]
+    assert runs[0].evaluations == 24
+    assert [e.index for e in runs[0].history] == [e.index for e in runs[1].history]
+    assert runs[0].options["predictor"] == "narformer"
+    assert runs[0].options["predictor_kwargs"]["train_kwargs"]["epochs"] == 2
+
+
+def test_narformer_guide_defaults_are_the_fast_preset():
+    from narformer_core.cli import PRESETS
+    from narformer_core.search import NARFORMER_GUIDE_DEFAULTS
+
+    fast = dict(PRESETS["fast"])
+    guide = NARFORMER_GUIDE_DEFAULTS["train_kwargs"]
+    assert guide["model"] == fast.pop("model")
+    fast.pop("epochs")
+    assert {k: guide[k] for k in fast} == fast
