@@ -78,7 +78,8 @@ def plot(res: dict, path: Path) -> None:
            title=f"NB201 arena, labels {res['labels']} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
-    bx.set(xscale="log", yscale="log", xlabel="training architectures", ylabel="fit time, CPU s",
+    bx.set(xscale="log", yscale="log", xlabel="training architectures",
+           ylabel="fit time, s (CPU s; where unknown, wall s)",
            title="time to fit (zen: none)")
     bx.grid(alpha=0.3)
     fig.tight_layout()
