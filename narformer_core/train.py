@@ -180,9 +180,21 @@ class _Writer:
             os.fsync(f.fileno())
 
 
+def _on_cpu(obj):
+    """``obj`` with every tensor moved to the CPU: a checkpoint written by a GPU run must load on a
+    machine without one (``torch.load(p, weights_only=True)`` with no map_location)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, _on_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    torch.save(_on_cpu(obj), tmp)
     os.replace(tmp, path)
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from narformer_core.cli import evaluate_checkpoint, selected_checkpoint  # noqa: E402
+from narformer_core.train import _on_cpu  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +34,10 @@ def main() -> None:
     dest = Path(a.dest)
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / f"{a.name}.pt"
-    shutil.copyfile(src, out)
+    # Loaded and saved again rather than copied: a run trained on a GPU holds CUDA tensors, and
+    # the shipped file must load on a CPU-only machine without a map_location.
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    torch.save(_on_cpu(ck), out)
     evaluation = evaluate_checkpoint(out)
     evaluation["checkpoint"] = str(out)
     config = json.loads((run / "config.json").read_text())

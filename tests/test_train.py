@@ -153,3 +153,29 @@ def test_lr_schedule_and_weight_decay_groups():
     assert {"ln_f.weight", "ln_f.bias", "head.bias", "encoder.0.ln1.weight"} <= no_decay_names
     assert "stages.0.queries" in {names[id(p)] for p in decay["params"]}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_checkpoints_are_saved_with_cpu_tensors_in_their_own_containers(tmp_path):
+    from collections import OrderedDict
+
+    from narformer_core.train import _atomic_save, _on_cpu
+
+    w = torch.ones(2, requires_grad=True) * 2
+    obj = {"state_dict": OrderedDict(a=w), "rng": [torch.zeros(1)], "pair": (1, torch.ones(1)), "x": "s"}
+    out = _on_cpu(obj)
+    assert isinstance(out["state_dict"], OrderedDict) and isinstance(out["pair"], tuple)
+    assert not out["state_dict"]["a"].requires_grad and out["x"] == "s"
+    _atomic_save(obj, tmp_path / "c.pt")
+    back = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert torch.equal(back["state_dict"]["a"], torch.full((2,), 2.0))
+
+
+def test_shipped_checkpoints_load_on_a_cpu_only_machine_without_map_location():
+    """A checkpoint trained on a GPU must have been re-saved with CPU tensors (package_checkpoint.py)."""
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "assets" / "checkpoints").glob("*.pt"))
+    assert shipped
+    for p in shipped:
+        ck = torch.load(p, weights_only=True)       # no map_location: fails on CUDA storages
+        assert {t.device.type for t in ck["state_dict"].values()} == {"cpu"}, p.name
