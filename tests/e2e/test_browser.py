@@ -139,7 +139,8 @@ def test_launch_training_and_see_the_tau_curve_grow(app):
     grown = wait_until(page, lambda: points() > first and points(), timeout_s=300, every_ms=500)
     assert grown > first >= 1
     shot(page, "training")
-    page.get_by_role("button", name="Stop").click()
+    # The page's own button: while a rerun is slow, Streamlit's header shows a "Stop" button too.
+    page.get_by_role("button", name="⏹ Stop", exact=True).click()
     page.get_by_text("e2e is stopped").wait_for(timeout=300_000)
     from narformer_core import runs
 
