@@ -41,7 +41,7 @@ TRAIN_HINT_NB101 = ("python -m narformer_core train --space nb101 --train-size 8
 MAX_ONNX_BYTES = 50_000_000
 MAX_ONNX_NODES = 5000
 # Bump when what predict_chunk returns changes: the pages' disk caches key on it.
-PREDICTIONS_VERSION = 2
+PREDICTIONS_VERSION = 3
 # The NB201 macro network a cell is measured in (the benchmark's CIFAR-10 network).
 NB201_NETWORK = {"channels": 16, "cells_per_stage": 5, "resolution": 32}
 SHORT_OPS = {"none": "none", "skip_connect": "skip", "nor_conv_1x1": "conv 1x1",

@@ -37,7 +37,12 @@ class TargetMap:
         u = np.asarray(u, dtype=np.float64)
         if self.kind == "fraction":
             return u * 100.0
-        return np.interp(u, self.levels, self.knots)
+        # Training labels repeat (accuracies have two decimals), so the quantile function has flat
+        # steps, and np.interp is flat beyond the end knots: different outputs would map to the
+        # same percent and a top-k list would show ties the model never made. A slope of 1e-6 %
+        # per unit keeps the map strictly increasing (the model's order survives) and moves no
+        # displayed value.
+        return np.interp(u, self.levels, self.knots) + 1e-6 * u
 
     def state(self) -> dict:
         st = {"kind": self.kind}
