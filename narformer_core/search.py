@@ -178,13 +178,21 @@ def regularized_evolution(oracle: Oracle, space: Space, rng: np.random.Generator
         pop.popleft()   # aging: the oldest dies, not the worst
 
 
-# NAR-Former as a search guide trains from scratch every round on at most a few hundred cells, on
-# a CPU: the fast preset's model and losses (cli.PRESETS["fast"]), 100 epochs. Passing
-# predictor_kwargs replaces this whole default.
-NARFORMER_GUIDE_DEFAULTS = {"train_kwargs": {
-    "epochs": 100, "batch_size": 64, "lr": 5e-4, "twin_grad": False, "target": "quantile", "warmup": 0.05,
-    "lambda_rank": 0.1, "rank_loss": "logistic", "lambda_cons": 0.05,
-    "model": {"d_model": 128, "n_heads": 4, "ffn_dim": 512, "depths": [4, 1, 1, 1], "dropout": 0.0}}}
+def narformer_guide_defaults() -> dict:
+    """NAR-Former as a search guide trains from scratch every round on at most a few hundred
+    cells, on a CPU: the fast preset's model and losses (cli.PRESETS["fast"]) for 100 epochs."""
+    import copy
+
+    from .cli import PRESETS
+
+    return {"train_kwargs": {**copy.deepcopy(PRESETS["fast"]), "epochs": 100}}
+
+
+def _guide_kwargs(predictor, predictor_kwargs: dict | None) -> dict | None:
+    """The guide's constructor arguments: NAR-Former's defaults unless the caller gave its own."""
+    if predictor == "narformer" and predictor_kwargs is None:
+        return narformer_guide_defaults()
+    return predictor_kwargs
 
 
 def predictor_guided_evolution(oracle: Oracle, space: Space, rng: np.random.Generator, task,
@@ -202,8 +210,7 @@ def predictor_guided_evolution(oracle: Oracle, space: Space, rng: np.random.Gene
     if min(n_init, n_parents, n_mutations, n_select) < 1:
         raise ValueError("n_init, n_parents, n_mutations and n_select must all be at least 1")
     name = predictor if isinstance(predictor, str) else getattr(predictor, "__name__", "custom")
-    if name == "narformer" and predictor_kwargs is None:
-        predictor_kwargs = NARFORMER_GUIDE_DEFAULTS
+    predictor_kwargs = _guide_kwargs(predictor, predictor_kwargs)
     factory = (lambda: make_predictor(predictor, **(predictor_kwargs or {}))) if isinstance(predictor, str) else predictor
     if val_fraction is None:
         val_fraction = 0.2 if name == "narformer" else 0.0
@@ -466,8 +473,7 @@ def run_search(algo: str = "evolution", budget: int = 100, seed: int = 0, labels
             view.y[i] = acc
 
         oracle.on_evaluate = reveal
-        if predictor == "narformer" and predictor_kwargs is None:
-            predictor_kwargs = NARFORMER_GUIDE_DEFAULTS
+        predictor_kwargs = _guide_kwargs(predictor, predictor_kwargs)
         predictor_guided_evolution(oracle, space, rng, view, predictor, predictor_kwargs, seed=seed, **options)
         options = {"predictor": predictor if isinstance(predictor, str) else "custom",
                    "predictor_kwargs": predictor_kwargs or {},

@@ -190,11 +190,11 @@ def test_real_device_table_and_labels():
 
 
 def test_narformer_guide_trains_the_fast_preset_model_and_is_deterministic():
-    """NAR-Former as the guide: retrained every round with NARFORMER_GUIDE_DEFAULTS (a tiny
+    """NAR-Former as the guide: retrained every round with narformer_guide_defaults() (a tiny
     epoch count here to keep the test short), spends the budget, repeats exactly per seed."""
-    from narformer_core.search import NARFORMER_GUIDE_DEFAULTS
+    from narformer_core.search import narformer_guide_defaults
 
-    kw = {"train_kwargs": {**NARFORMER_GUIDE_DEFAULTS["train_kwargs"], "epochs": 2,
+    kw = {"train_kwargs": {**narformer_guide_defaults()["train_kwargs"], "epochs": 2,
                            "model": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]}}}
     runs = [run_search("predictor", 24, seed=1, labels=TOY, test_labels={}, predictor="narformer",
                        predictor_kwargs=kw, n_mutations=3) for _ in range(2)]
@@ -204,12 +204,11 @@ def test_narformer_guide_trains_the_fast_preset_model_and_is_deterministic():
     assert runs[0].options["predictor_kwargs"]["train_kwargs"]["epochs"] == 2
 
 
-def test_narformer_guide_defaults_are_the_fast_preset():
+def test_narformer_guide_defaults_are_the_fast_preset_at_100_epochs():
     from narformer_core.cli import PRESETS
-    from narformer_core.search import NARFORMER_GUIDE_DEFAULTS
+    from narformer_core.search import narformer_guide_defaults
 
-    fast = dict(PRESETS["fast"])
-    guide = NARFORMER_GUIDE_DEFAULTS["train_kwargs"]
-    assert guide["model"] == fast.pop("model")
-    fast.pop("epochs")
-    assert {k: guide[k] for k in fast} == fast
+    guide = narformer_guide_defaults()["train_kwargs"]
+    assert guide == {**PRESETS["fast"], "epochs": 100}
+    guide["model"]["d_model"] = 1                      # a caller's edit must not leak into the preset
+    assert PRESETS["fast"]["model"]["d_model"] == 128
