@@ -47,7 +47,6 @@ Torch is imported lazily, as in the zoo.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -314,23 +313,14 @@ def export_onnx(spec: Mapping) -> bytes:
 
 def estimate_macs(spec: Mapping) -> int:
     """Multiply-accumulates of convolutions and linear layers, counted on the meta device."""
-    _validate(spec)
-    return _cost_of(json.dumps(dict(spec), sort_keys=True))[0]
+    return _COST.cost(spec)[0]
 
 
 def estimate_params(spec: Mapping) -> int:
-    _validate(spec)
-    return _cost_of(json.dumps(dict(spec), sort_keys=True))[1]
+    return _COST.cost(spec)[1]
 
 
-@functools.lru_cache(maxsize=4096)
-def _cost_of(canonical: str) -> tuple[int, int]:
-    import torch
-
-    spec = json.loads(canonical)
-    with torch.device("meta"):
-        module = _construct(spec).eval()
-    return zoo.module_cost(module, input_shape(spec))
+_COST = zoo.SpecCost(_validate, _construct, input_shape)
 
 
 @functools.lru_cache(maxsize=1)

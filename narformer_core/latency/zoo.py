@@ -455,24 +455,37 @@ def _init_weights(module) -> None:
 def estimate_macs(spec: Mapping) -> int:
     """Multiply-accumulates of one inference (convolutions and linear layers), counted by a
     forward pass on the meta device: shapes only, no weights allocated."""
-    _validate(spec)
-    return _cost_of(json.dumps(dict(spec), sort_keys=True))[0]
+    return _COST.cost(spec)[0]
 
 
 def estimate_params(spec: Mapping) -> int:
     """Number of weights (BatchNorm included, before it is folded into the convs)."""
-    _validate(spec)
-    return _cost_of(json.dumps(dict(spec), sort_keys=True))[1]
+    return _COST.cost(spec)[1]
 
 
-@functools.lru_cache(maxsize=4096)
-def _cost_of(canonical: str) -> tuple[int, int]:
-    import torch
+class SpecCost:
+    """(MACs, parameters) of a family's specs: validated, built on the meta device and counted
+    by :func:`module_cost`, cached per canonical spec (sampling asks for the same spec twice)."""
 
-    spec = json.loads(canonical)
-    with torch.device("meta"):
-        module = _construct(spec).eval()
-    return module_cost(module, input_shape(spec))
+    def __init__(self, validate: Callable[[Mapping], None], construct: Callable[[Mapping], Any],
+                 shape: Callable[[Mapping], tuple]):
+        self.validate, self.construct, self.shape = validate, construct, shape
+        self._cached = functools.lru_cache(maxsize=4096)(self._count)
+
+    def cost(self, spec: Mapping) -> tuple[int, int]:
+        self.validate(spec)
+        return self._cached(json.dumps(dict(spec), sort_keys=True))
+
+    def _count(self, canonical: str) -> tuple[int, int]:
+        import torch
+
+        spec = json.loads(canonical)
+        with torch.device("meta"):
+            module = self.construct(spec).eval()
+        return module_cost(module, self.shape(spec))
+
+
+_COST = SpecCost(_validate, _construct, input_shape)
 
 
 def module_cost(module, shape) -> tuple[int, int]:
