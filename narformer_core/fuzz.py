@@ -807,22 +807,21 @@ def _ckpt_bytes_case(rng, ctx, kind: str) -> Case:
                 "an ONNX model given as a checkpoint")
 
 
-def g_ckpt(rng, ctx) -> Case:
-    r = rng.random()
-    if r < 0.2:
-        return _evil_case(rng, ctx, "checkpoint")
-    if r < 0.6:
-        return _ckpt_mutation(rng, ctx, "checkpoint")
-    return _ckpt_bytes_case(rng, ctx, "checkpoint")
+def _ckpt_generator(kind: str):
+    """Cases for one checkpoint loader: 20 % malicious pickles, 40 % mutated real checkpoints,
+    40 % other bytes."""
+    def generate_case(rng, ctx) -> Case:
+        r = rng.random()
+        if r < 0.2:
+            return _evil_case(rng, ctx, kind)
+        if r < 0.6:
+            return _ckpt_mutation(rng, ctx, kind)
+        return _ckpt_bytes_case(rng, ctx, kind)
+    return generate_case
 
 
-def g_latency_ckpt(rng, ctx) -> Case:
-    r = rng.random()
-    if r < 0.2:
-        return _evil_case(rng, ctx, "latency-checkpoint")
-    if r < 0.6:
-        return _ckpt_mutation(rng, ctx, "latency-checkpoint")
-    return _ckpt_bytes_case(rng, ctx, "latency-checkpoint")
+g_ckpt = _ckpt_generator("checkpoint")
+g_latency_ckpt = _ckpt_generator("latency-checkpoint")
 
 
 # Weights: how many of every 100 cases each generator makes (ONNX first: the upload path is the
