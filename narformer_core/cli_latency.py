@@ -46,7 +46,7 @@ def _jsonable(o):
 
 def _measure_opts(args) -> dict:
     return {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
-            "min_seconds": args.min_seconds}
+            "min_seconds": args.min_seconds, "cpu_time": not getattr(args, "no_cpu_time", False)}
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
@@ -137,7 +137,7 @@ def cmd_build_dataset(args) -> int:
         if not args.source:
             raise UserError("--remeasure K needs --from FIRST.jsonl.gz (the data set to re-measure)")
         res = ds.remeasure(args.source, args.out, args.remeasure, measure=_measure_opts(args),
-                           progress=not args.quiet, db=args.db)
+                           progress=not args.quiet, db=args.db, start_at=args.start_at)
     else:
         if args.n is None and not args.extend:
             raise UserError("say how many networks: --n TOTAL or --extend NEW")
@@ -153,8 +153,18 @@ def cmd_summary(args) -> int:
 
     out = ds.summarize(args.dataset)
     if args.retest:
-        out["test_retest"] = ds.test_retest(args.dataset, args.retest)
+        out["test_retest"] = ds.test_retest(args.dataset, args.retest, args.column)
     _print(out, args.json)
+    return 0
+
+
+def cmd_combine(args) -> int:
+    from .latency import dataset as ds
+
+    for p in [args.source, *args.passes]:
+        if not Path(p).is_file():
+            raise UserError(f"no data set at {p}")
+    _print(ds.combine_passes(args.source, args.passes, args.out), args.json)
     return 0
 
 
@@ -372,6 +382,11 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--remeasure", type=int, default=0, metavar="K",
                    help="re-measure the first K networks of --from into --out instead")
     p.add_argument("--from", dest="source", default=None, help="the data set to re-measure")
+    p.add_argument("--start-at", type=int, default=0, metavar="I",
+                   help="with --remeasure: begin at network I of the K and wrap around (two passes "
+                   "run side by side with starts K/2 apart time each network far apart in time)")
+    p.add_argument("--no-cpu-time", action="store_true",
+                   help="skip the second timing by the inference thread's CPU clock (faster passes)")
     p.add_argument("--allow-mixed-platform", action="store_true",
                    help="append even though the file holds another platform's measurements")
     _add_measure_args(p)
@@ -382,8 +397,17 @@ def register(sub, bench_parser) -> None:
     p = lsub.add_parser("summary", help="counts and ranges per family; --retest adds the test-retest floor")
     p.add_argument("dataset", nargs="?", default=str(DEFAULT_DATASET))
     p.add_argument("--retest", default=None, help="a re-measurement file of the same networks")
+    p.add_argument("--column", default="median_ms", help="the latency column the floor compares")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
+
+    p = lsub.add_parser("combine", help="pool several timing passes (build-dataset --remeasure) of the same "
+                        "networks into one data set; its min_ms is the fastest run over all passes")
+    p.add_argument("--source", required=True, help="the data set the passes re-measured (gives the graphs)")
+    p.add_argument("--passes", nargs="+", required=True, help="the pass files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_combine)
 
     p = lsub.add_parser("compact", help="rewrite a data set as one gzip stream (smaller, same records)")
     p.add_argument("dataset")

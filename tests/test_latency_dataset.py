@@ -123,6 +123,43 @@ def test_remeasure_and_test_retest(built, tmp_path):
     assert set(ds.test_retest(path, second)["per_family"]) == {"nasbench201"}
 
 
+def test_remeasure_start_at_wraps_and_skips_cpu_clock(built, tmp_path):
+    path, _, _, _ = built
+    out = tmp_path / "rotated.jsonl.gz"
+    ds.remeasure(path, out, 3, measure={**QUICK, "cpu_time": False}, progress=False, start_at=2)
+    order = [r["spec_id"] for r in ds.load_records(out, require_graph=False)]
+    first = [r["spec_id"] for r in ds.load_records(path)]
+    assert order == [first[2], first[0], first[1]]
+    assert all("cpu_median_ms" not in r for r in ds.load_records(out, require_graph=False))
+
+
+def test_combine_passes_pools_every_run(built, tmp_path):
+    path, _, _, _ = built
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    ds.remeasure(path, a, 3, measure=QUICK, progress=False)
+    ds.remeasure(path, b, 2, measure=QUICK, progress=False, start_at=1)
+    res = ds.combine_passes(path, [a, b], tmp_path / "c.jsonl.gz")
+    # Pass b timed networks 1 and 2 only: network 0 is left out, not half-labelled.
+    assert res["records"] == 2 and res["skipped_not_in_every_pass"] == 1
+    src = {r["spec_id"]: r for r in ds.load_records(path)}
+    pa = {r["spec_id"]: r for r in ds.load_records(a, require_graph=False)}
+    pb = {r["spec_id"]: r for r in ds.load_records(b, require_graph=False)}
+    for r in ds.load_records(tmp_path / "c.jsonl.gz"):
+        sid = r["spec_id"]
+        assert r["graph"] == src[sid]["graph"] and r["static"] == src[sid]["static"]
+        assert r["min_ms"] == min(pa[sid]["min_ms"], pb[sid]["min_ms"])
+        assert r["pass_min_ms"] == [pa[sid]["min_ms"], pb[sid]["min_ms"]]
+        assert r["repeats"] == pa[sid]["repeats"] + pb[sid]["repeats"]
+        pooled = pa[sid]["samples_ms"] + pb[sid]["samples_ms"]
+        assert r["median_ms"] == pytest.approx(float(np.median(pooled)))
+        assert "cpu_median_ms" not in r  # the passes' clock only: no stale figure from the source
+    # A combined file is a data set like any other: it loads for training on its min_ms.
+    _, graphs, y = ds.load_dataset(tmp_path / "c.jsonl.gz", column="min_ms")
+    assert len(graphs) == 2 and (y > 0).all()
+    with pytest.raises(ds.DatasetError, match="at least one pass"):
+        ds.combine_passes(path, [], tmp_path / "d.jsonl.gz")
+
+
 def test_not_a_dataset(tmp_path):
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(b"this is not gzip at all")
