@@ -453,8 +453,12 @@ def predict_latency(predictor, graphs: Sequence[ArchGraph]) -> np.ndarray:
     return np.asarray(predictor.predict(list(graphs)), dtype=np.float64)
 
 
-def latency_dataset(platform_key: str | None = None) -> pd.DataFrame:
-    """The measured zoo networks (assets/latency/zoo_cpu.jsonl.gz): one row each, graph included."""
+def latency_dataset(platform_key: str | None = None, column: str = "median_ms") -> pd.DataFrame:
+    """The measured zoo networks (assets/latency/zoo_cpu.jsonl.gz): one row each, graph included.
+
+    ``latency_ms`` holds ``column`` (what a predictor was trained on, e.g. ``min_ms``), so that a
+    prediction is ranked against the same statistic; ``median_ms`` is always there too.
+    """
     from .latency.dataset import load_dataset, load_records
 
     path = latency_dir() / "zoo_cpu.jsonl.gz"
@@ -464,9 +468,11 @@ def latency_dataset(platform_key: str | None = None) -> pd.DataFrame:
         keys = sorted({r.get("platform_key") for r in load_records(path)})
         platform_key = keys[0] if keys else None
     records, graphs, ms = load_dataset(path, platform_key=platform_key)
+    chosen = ms if column == "median_ms" else load_dataset(path, platform_key=platform_key, column=column)[2]
     return pd.DataFrame({"family": [r.get("family") for r in records],
                          "description": [r.get("description") for r in records],
-                         "median_ms": ms, "platform_key": [r.get("platform_key") for r in records],
+                         "median_ms": ms, "latency_ms": chosen,
+                         "platform_key": [r.get("platform_key") for r in records],
                          "graph": graphs})
 
 

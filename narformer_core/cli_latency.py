@@ -268,8 +268,23 @@ def bench_latency(args) -> int:
     factories = _factories(args, prints)
     # Finished fits go to a cache beside --out, so a stopped benchmark resumes where it was.
     cache = Path(str(args.out) + ".fits.jsonl") if args.out else None
+    on_fitted = None
+    if getattr(args, "save_in_domain", None):
+        save_dir = Path(args.save_in_domain)
+
+        def on_fitted(fit: dict, predictor) -> None:
+            if fit["setting"] != "in_domain":
+                return
+            predictor.meta.update({
+                "dataset": str(dataset), "n_networks": len(graphs), "column": args.column,
+                "platform_key": records[0].get("platform_key"), "families": sorted(set(fams)),
+                "bench_seed": args.seed, "test_indices": fit["test_indices"],
+                "test_mape": fit["test_mape"], "test_acc10": fit["test_acc10"]})
+            slug = predictor.kind if getattr(predictor, "kind", None) else fit["predictor"].replace(" ", "_")
+            predictor.save(save_dir / f"{slug}_in_domain.pt")
     res = latency_bench(graphs, y, fams, factories, seed=args.seed, lofo=not args.no_lofo,
-                        lofo_families=lofo, progress=not args.quiet, cache=cache, fingerprints=prints)
+                        lofo_families=lofo, progress=not args.quiet, cache=cache, fingerprints=prints,
+                        on_fitted=on_fitted)
     res.update({"dataset": str(dataset), "n_networks": len(graphs), "column": args.column,
                 "platform_key": records[0].get("platform_key"), "seconds": round(time.perf_counter() - t0, 1),
                 "seed": args.seed})
@@ -433,6 +448,9 @@ def register(sub, bench_parser) -> None:
     _add_once(b, "--lofo-families", default=None, help="latency: hold out only these families (comma-separated)")
     _add_once(b, "--retest", default=str(DEFAULT_RETEST),
               help="latency: re-measurement file for the test-retest floor line")
+    _add_once(b, "--save-in-domain", default=None, metavar="DIR",
+              help="latency: save every in-domain fit as DIR/<predictor>_in_domain.pt, with the indices and "
+                   "scores of the test networks it never saw")
     _add_once(b, "--nb201", action="store_true", help="latency: the NB201 per-device cell benchmark instead")
     _add_once(b, "--devices", default=None, help="latency --nb201: comma-separated devices (default all 31)")
     _add_once(b, "--fractions", default=None, help="latency --nb201: training fractions (default 0.05,0.1)")

@@ -45,9 +45,12 @@ def nb101_truth(module_hash: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False)
-def zoo_measured_ms(platform_key: str | None) -> np.ndarray:
-    df = svc.latency_dataset(platform_key)
-    return df["median_ms"].to_numpy() if len(df) else np.zeros(0)
+def zoo_measured_ms(platform_key: str | None, column: str = "median_ms") -> np.ndarray:
+    try:
+        df = svc.latency_dataset(platform_key, column)
+    except ValueError:  # a column the reference set lacks: rank against its medians
+        df = svc.latency_dataset(platform_key)
+    return df["latency_ms"].to_numpy() if len(df) else np.zeros(0)
 
 
 @st.cache_resource(show_spinner="Starting Netron…", max_entries=8)
@@ -135,14 +138,18 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
         st.error(f"Cannot predict the latency with {path.name}: {e}")
         return
     plat = predictor.meta.get("platform_key")
+    column = str(predictor.meta.get("column", "median_ms"))
     c1, c2 = st.columns(2)
-    c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from {plat or 'an unrecorded platform'}")
-    ref = zoo_measured_ms(plat)
+    c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from "
+              f"{plat or 'an unrecorded platform'}, statistic `{column}`")
+    ref = zoo_measured_ms(plat, column)
     if ref.size:
         rank, pct = svc.rank_and_percentile(-ms, -ref)
         c2.metric("Faster than", f"{pct:.1f} %", help=f"of the {ref.size} measured zoo networks on {plat}")
-    st.caption(f"{predictor.name}, trained on measurements from `{plat}`; a prediction is for that platform, "
-               "not necessarily for this machine.")
+    st.caption(f"{predictor.name}, trained on `{column}` measured on `{plat}`; a prediction is for that "
+               "platform, not necessarily for this machine." + (
+                   " `min_ms` is the fastest run over several timing sessions: what the hardware can do "
+                   "when no other tenant slows it, steadier than one session's median." if column == "min_ms" else ""))
 
 
 def show_latency(graph: ArchGraph, onnx_bytes: bytes, family: str, description: str, key: str) -> None:

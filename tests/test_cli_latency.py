@@ -142,6 +142,25 @@ def test_bench_latency_table(capsys, tiny_dataset, tmp_path):
     assert code == 2 and "unknown predictors" in err
 
 
+def test_bench_latency_saves_the_in_domain_fit(capsys, tiny_dataset, tmp_path):
+    from narformer_core.latency.dataset import load_dataset
+    from narformer_core.latency.predictors import load_predictor
+
+    code, out, err = run(capsys, "bench", "latency", "--dataset", tiny_dataset, "--predictors", "flops",
+                         "--no-lofo", "--quiet", "--json", "--save-in-domain", tmp_path / "fits")
+    assert code == 0, err
+    res = json.loads(out)
+    saved = load_predictor(tmp_path / "fits" / "flops_in_domain.pt")
+    meta = saved.meta
+    assert meta["column"] == "cpu_median_ms" and meta["n_networks"] == 24
+    # The saved model scores its own held-out networks exactly as the benchmark reported.
+    _, graphs, y = load_dataset(tiny_dataset, column="cpu_median_ms")
+    test = meta["test_indices"]
+    assert len(test) == res["fits"][0]["n_test"] and meta["test_mape"] == res["fits"][0]["test_mape"]
+    from narformer_core.metrics import mape
+    assert round(mape(saved.predict([graphs[i] for i in test]), y[test]), 3) == meta["test_mape"]
+
+
 def test_build_dataset_command(capsys, tmp_path):
     out = tmp_path / "one.jsonl.gz"
     args = ("latency", "build-dataset", "--n", 1, "--families", "squeezenet", "--out", out, "--repeats", 3,
