@@ -220,8 +220,14 @@ def test_script_measures_resumes_and_scores_a_checkpoint(tmp_path, capsys):
     with gzip.open(ZOO_DATA, "rt") as f:
         zoo_keys = set(json.loads(f.readline()))
     assert all(set(r) == zoo_keys for r in records)
-    assert all(r["measure_options"] == {"threads": 1, "warmup": 0, "repeats": 2, "min_seconds": 0.0}
-               for r in records)
+    assert all(r["measure_options"] == {"threads": 1, "warmup": 0, "repeats": 2, "min_seconds": 0.0,
+                                        "cpu_time": True} for r in records)
+    # A later pass rebuilds the outside families with their own module (same graphs).
+    from narformer_core.latency.dataset import remeasure
+    again_path = tmp_path / "outside_pass.jsonl.gz"
+    rm = remeasure(out, again_path, 2, measure={"warmup": 0, "repeats": 2, "min_seconds": 0.0, "cpu_time": False},
+                   progress=False)
+    assert rm["added"] == 2 and rm["graph_mismatches"] == 0
     assert all(r["platform"]["threads"] == 1 and r["platform"]["batch_size"] == 1 for r in records)
 
     # A second run resumes: nothing new is measured, the figures come from the file.

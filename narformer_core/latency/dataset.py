@@ -376,7 +376,10 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
     time (one per core) with starts ``k/2`` apart time every network twice, far apart in time,
     which is what :func:`combine_passes` needs.
     """
-    from . import zoo
+    from . import outside_zoo, zoo
+
+    def builder(spec):   # the outside-zoo families are built by their own module
+        return outside_zoo if spec.get("family") in outside_zoo.FAMILIES else zoo
 
     source, out = Path(source), Path(out)
     first = load_records(source)
@@ -399,7 +402,7 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
     t0, added, mismatched = time.perf_counter(), 0, 0
     try:
         for r0 in todo:
-            record, graph = measure_spec(r0["spec"], measure)
+            record, graph = measure_spec(r0["spec"], measure, networks=builder(r0["spec"]))
             if record["spec_id"] != r0["spec_id"]:
                 raise DatasetError(f"spec {r0['spec_id']} re-hashes to {record['spec_id']}: "
                                    "the zoo's spec format changed since the first measurement")
