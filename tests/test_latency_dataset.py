@@ -138,6 +138,9 @@ def test_combine_passes_pools_every_run(built, tmp_path):
     a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
     ds.remeasure(path, a, 3, measure=QUICK, progress=False)
     ds.remeasure(path, b, 2, measure=QUICK, progress=False, start_at=1)
+    # Pass files (no graphs) compact like data sets: one gzip stream, the same records.
+    before = ds.load_records(a, require_graph=False)
+    assert ds.compact(a)["records"] == 3 and ds.load_records(a, require_graph=False) == before
     res = ds.combine_passes(path, [a, b], tmp_path / "c.jsonl.gz")
     # Pass b timed networks 1 and 2 only: network 0 is left out, not half-labelled.
     assert res["records"] == 2 and res["skipped_not_in_every_pass"] == 1
@@ -149,6 +152,8 @@ def test_combine_passes_pools_every_run(built, tmp_path):
         assert r["graph"] == src[sid]["graph"] and r["static"] == src[sid]["static"]
         assert r["min_ms"] == min(pa[sid]["min_ms"], pb[sid]["min_ms"])
         assert r["pass_min_ms"] == [pa[sid]["min_ms"], pb[sid]["min_ms"]]
+        fastest = pa[sid] if pa[sid]["min_ms"] <= pb[sid]["min_ms"] else pb[sid]
+        assert r["load_avg"] == fastest["load_avg"]
         assert r["repeats"] == pa[sid]["repeats"] + pb[sid]["repeats"]
         pooled = pa[sid]["samples_ms"] + pb[sid]["samples_ms"]
         assert r["median_ms"] == pytest.approx(float(np.median(pooled)))

@@ -160,10 +160,11 @@ def _open_for_append(path: Path) -> list[dict]:
 
 
 def compact(path: str | os.PathLike) -> dict:
-    """Rewrite a data set as one gzip stream (smaller than one member per line); same records."""
+    """Rewrite a data set or a re-measurement (pass) file as one gzip stream (smaller than one
+    member per line); same records."""
     path = Path(path)
     before = path.stat().st_size
-    records = load_records(path)
+    records = load_records(path, require_graph=False)
     _rewrite(path, records)
     return {"records": len(records), "bytes_before": before, "bytes_after": path.stat().st_size}
 
@@ -481,6 +482,8 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
             "pass_median_ms": [float(r["median_ms"]) for r in runs],
             "pass_measured_at": [r.get("measured_at") for r in runs],
             "pass_load_avg": [r.get("load_avg") for r in runs],
+            # the load when the session that gave min_ms started
+            "load_avg": min(runs, key=lambda r: float(r["min_ms"])).get("load_avg"),
             "platform": runs[0]["platform"], "platform_key": runs[0]["platform_key"],
             "measured_at": max(str(r.get("measured_at", "")) for r in runs),
             "measure_options": runs[0].get("measure_options"),
