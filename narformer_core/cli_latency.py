@@ -398,8 +398,9 @@ def register(sub, bench_parser) -> None:
                    help="re-measure the first K networks of --from into --out instead")
     p.add_argument("--from", dest="source", default=None, help="the data set to re-measure")
     p.add_argument("--start-at", type=int, default=0, metavar="I",
-                   help="with --remeasure: begin at network I of the K and wrap around (two passes "
-                   "run side by side with starts K/2 apart time each network far apart in time)")
+                   help="with --remeasure: begin at network I of the K and wrap around (two passes with "
+                   "starts K/2 apart time each network far apart in time; run them one after the other: "
+                   "side by side they were noisier, see assets/latency/README.md)")
     p.add_argument("--no-cpu-time", action="store_true",
                    help="skip the second timing by the inference thread's CPU clock (faster passes)")
     p.add_argument("--allow-mixed-platform", action="store_true",

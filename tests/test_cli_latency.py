@@ -161,6 +161,31 @@ def test_bench_latency_saves_the_in_domain_fit(capsys, tiny_dataset, tmp_path):
     assert round(mape(saved.predict([graphs[i] for i in test]), y[test]), 3) == meta["test_mape"]
 
 
+def test_latency_combine_command(capsys, tiny_dataset, tmp_path):
+    from narformer_core.latency import dataset as ds
+
+    records = ds.load_records(tiny_dataset)
+    passes = []
+    for k, scale in enumerate((1.0, 1.25)):   # the second session 25 % slower on every run
+        p = tmp_path / f"pass{k}.jsonl.gz"
+        ds._rewrite(p, [{"spec_id": r["spec_id"], "graph_hash": r["graph_hash"], "family": r["family"],
+                         "platform": r["platform"], "platform_key": r["platform_key"],
+                         "samples_ms": [r["median_ms"] * scale, r["median_ms"] * scale * 2],
+                         "min_ms": r["median_ms"] * scale, "median_ms": r["median_ms"] * scale * 1.5}
+                        for r in records])
+        passes.append(p)
+    out = tmp_path / "combined.jsonl.gz"
+    code, stdout, err = run(capsys, "latency", "combine", "--source", tiny_dataset, "--passes", *passes,
+                            "--out", out, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["records"] == len(records)
+    _, _, y = ds.load_dataset(out, column="min_ms")
+    assert np.allclose(y, [r["median_ms"] for r in records])   # the faster session wins
+    code, _, err = run(capsys, "latency", "combine", "--source", tiny_dataset, "--passes", tmp_path / "gone.jsonl.gz",
+                       "--out", out)
+    assert code == 2 and "no data set" in err
+
+
 def test_build_dataset_command(capsys, tmp_path):
     out = tmp_path / "one.jsonl.gz"
     args = ("latency", "build-dataset", "--n", 1, "--families", "squeezenet", "--out", out, "--repeats", 3,

@@ -373,9 +373,11 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
     is checked against the first measurement. Resumable like the build. ``source`` is laid out
     round robin over the families, so its first ``k`` lines cover them evenly.
 
-    ``start_at``: begin at that network of the ``k`` and wrap around. Two passes run at the same
-    time (one per core) with starts ``k/2`` apart time every network twice, far apart in time,
-    which is what :func:`combine_passes` needs.
+    ``start_at``: begin at that network of the ``k`` and wrap around, so that two passes with
+    starts ``k/2`` apart time every network twice, far apart in time, which is what
+    :func:`combine_passes` needs. Session 4 ran two such passes side by side (one per core); on
+    the same 40 networks that gave labels 3.6x noisier than one measurer at a time with 1 s
+    sessions (assets/latency/README.md), so prefer one pass after another.
     """
     from . import outside_zoo, zoo
 
@@ -441,8 +443,10 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     Why: on this machine the latency of a network moves by 10-20 % between two sessions minutes
     apart (the host's other tenants, not our own load: measured on an idle VM), and the slowdowns
     are one-sided, so the fastest run of a single session still disagrees with the next session's
-    by ~7 %. The fastest run over two sessions far apart in time agrees with another such pair to
-    ~3 % (40-network pilot). The combined record's ``min_ms`` is that label; ``median_ms`` and
+    by ~7 %. The fastest run over two sessions far apart in time agreed with another such pair to
+    ~3 % in a 40-network pilot (one measurer at a time, 1 s sessions); over the 2,000-network set,
+    three sessions gave a 6.6 % floor (assets/latency/README.md). The combined record's ``min_ms``
+    is that label; ``median_ms`` and
     the quantiles are over the pooled runs; ``pass_min_ms`` / ``pass_median_ms`` /
     ``pass_measured_at`` keep each pass's own figures.
 
