@@ -457,9 +457,10 @@ def latency_dataset(platform_key: str | None = None, column: str = "median_ms") 
     """The measured zoo networks (assets/latency/zoo_cpu.jsonl.gz): one row each, graph included.
 
     ``latency_ms`` holds ``column`` (what a predictor was trained on, e.g. ``min_ms``), so that a
-    prediction is ranked against the same statistic; ``median_ms`` is always there too.
+    prediction is ranked against the same statistic; ``median_ms`` is always there too. A
+    statistic the reference set lacks falls back to its medians.
     """
-    from .latency.dataset import load_dataset, load_records
+    from .latency.dataset import LATENCY_COLUMNS, load_dataset, load_records
 
     path = latency_dir() / "zoo_cpu.jsonl.gz"
     if not path.exists():
@@ -468,7 +469,8 @@ def latency_dataset(platform_key: str | None = None, column: str = "median_ms") 
         keys = sorted({r.get("platform_key") for r in load_records(path)})
         platform_key = keys[0] if keys else None
     records, graphs, ms = load_dataset(path, platform_key=platform_key)
-    chosen = ms if column == "median_ms" else load_dataset(path, platform_key=platform_key, column=column)[2]
+    known = column in LATENCY_COLUMNS and all(column in r for r in records)
+    chosen = np.array([float(r[column]) for r in records]) if known else ms
     return pd.DataFrame({"family": [r.get("family") for r in records],
                          "description": [r.get("description") for r in records],
                          "median_ms": ms, "latency_ms": chosen,

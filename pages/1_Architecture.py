@@ -46,10 +46,7 @@ def nb101_truth(module_hash: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def zoo_measured_ms(platform_key: str | None, column: str = "median_ms") -> np.ndarray:
-    try:
-        df = svc.latency_dataset(platform_key, column)
-    except ValueError:  # a column the reference set lacks: rank against its medians
-        df = svc.latency_dataset(platform_key)
+    df = svc.latency_dataset(platform_key, column)
     return df["latency_ms"].to_numpy() if len(df) else np.zeros(0)
 
 

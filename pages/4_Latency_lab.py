@@ -23,15 +23,12 @@ def device_table() -> pd.DataFrame:
 
 @st.cache_resource(show_spinner="Reading the measured zoo networks…")
 def zoo_dataset(platform_key: str | None = None, column: str = "median_ms") -> pd.DataFrame:
-    try:
-        return svc.latency_dataset(platform_key, column)
-    except ValueError:  # the reference set lacks that statistic: compare with its medians
-        return svc.latency_dataset(platform_key)
+    return svc.latency_dataset(platform_key, column)
 
 
 @st.cache_data(show_spinner="Predicting the zoo networks…", max_entries=8)
-def zoo_predictions(path: str, mtime: float, platform_key: str | None) -> np.ndarray:
-    df = zoo_dataset(platform_key)
+def zoo_predictions(path: str, mtime: float, platform_key: str | None, column: str) -> np.ndarray:
+    df = zoo_dataset(platform_key, column)   # the frame already read for the comparison
     return svc.predict_latency(cache.load_latency_predictor(path, mtime), list(df["graph"]))
 
 
@@ -146,7 +143,7 @@ else:
         else:
             from narformer_core.metrics import acc_within, mape
 
-            pred = zoo_predictions(str(path), path.stat().st_mtime, plat)
+            pred = zoo_predictions(str(path), path.stat().st_mtime, plat, column)
             meas = zoo["latency_ms"].to_numpy()   # the statistic the predictor was trained on
             c = st.columns(3)
             c[0].metric("Zoo networks", len(zoo))
