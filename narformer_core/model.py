@@ -32,6 +32,10 @@ class NARFormerConfig:
     head: str = "accuracy"          # "accuracy": sigmoid on a 0..1 target; "latency": MLP head
     static_dim: int = 0             # encoded static features concatenated before the latency head
     head_hidden: int = 512          # latency MLP widths h, h/2, h/4, h/8
+    # What the latency head reads. "token": the fusion stages' last token (the paper). "token+sum":
+    # that token and the sum of the memory's node tokens. Latency is close to a sum of per-operator
+    # costs, and a sum readout (as the NNLP graph network has) carries the network's size directly.
+    readout: str = "token"
 
     def __post_init__(self):
         self.depths = tuple(self.depths)
@@ -44,6 +48,10 @@ class NARFormerConfig:
             raise ValueError("the last fusion stage must leave exactly one token")
         if self.head not in ("accuracy", "latency"):
             raise ValueError(f"unknown head {self.head!r}")
+        if self.readout not in ("token", "token+sum"):
+            raise ValueError(f"unknown readout {self.readout!r}; use 'token' or 'token+sum'")
+        if self.readout != "token" and self.head != "latency":
+            raise ValueError("the sum readout is for the latency head only")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -143,6 +151,9 @@ class NARFormer(nn.Module):
         else:
             h = cfg.head_hidden
             layers, width = [], d + cfg.static_dim
+            if cfg.readout == "token+sum":
+                self.ln_sum = nn.LayerNorm(d)
+                width += d
             for out in (h, h // 2, h // 4, h // 8):
                 layers += [nn.Linear(width, out), nn.ReLU(), nn.Dropout(cfg.dropout)]
                 width = out
@@ -172,6 +183,8 @@ class NARFormer(nn.Module):
         z = self.ln_f(prev[:, 0])                                                           # (B, d)
         if self.cfg.head == "accuracy":
             return torch.sigmoid(self.head(z)).squeeze(-1)
+        if self.cfg.readout == "token+sum":
+            z = torch.cat([z, self._node_sum(memory, mask)], dim=-1)
         got = 0 if static is None else static.shape[-1]
         if got != self.cfg.static_dim:
             raise ValueError(f"this latency model expects {self.cfg.static_dim} static feature values "
@@ -179,6 +192,16 @@ class NARFormer(nn.Module):
         if static is not None:
             z = torch.cat([z, static], dim=-1)
         return self.head(z).squeeze(-1)
+
+
+    def _node_sum(self, memory, mask):
+        """Sum of the normalised node tokens of the memory (padding left out; the depth token too)."""
+        nodes = self.ln_sum(memory[:, 1:])                                                  # (B, T, d)
+        if mask is not None:
+            nodes = nodes * mask[..., None].to(nodes.dtype)
+        # Divided by a constant, not by the length: the length is the information wanted. 64 keeps
+        # the sums of networks of a few hundred operators near unit scale at the start.
+        return nodes.sum(dim=1) / 64.0
 
 
 def build_model(config: dict | NARFormerConfig) -> NARFormer:

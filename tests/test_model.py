@@ -86,6 +86,25 @@ def test_latency_head_uses_static_features():
     assert plain(torch.randn(2, 192), torch.randn(2, 5, 192)).shape == (2,)
 
 
+def test_sum_readout_widens_the_head_and_ignores_padding():
+    torch.manual_seed(0)
+    cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", static_dim=4, head_hidden=64,
+                          readout="token+sum", **TINY)
+    model = NARFormer(cfg).eval()
+    first = next(m for m in model.head if isinstance(m, torch.nn.Linear))
+    assert first.in_features == 32 + 32 + 4           # [token | node sum | static]
+    depth, nodes, static = torch.randn(2, 192), torch.randn(2, 9, 480), torch.randn(2, 4)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    with torch.no_grad():
+        together = model(depth, nodes, mask, static)
+        short = model(depth[1:], nodes[1:, :6], None, static[1:])
+        # Repeating a network's tokens changes the sum, so the readout sees the network's size.
+        doubled = model(depth[:1], torch.cat([nodes[:1], nodes[:1]], dim=1), None, static[:1])
+    torch.testing.assert_close(together[1], short[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(together[0], doubled[0])
+
+
 def test_padding_tokens_do_not_change_the_prediction():
     torch.manual_seed(0)
     model = build_model(TINY).eval()
@@ -141,6 +160,8 @@ def test_gradients_reach_every_parameter():
     (dict(d_model=100, n_heads=6), "d_model 100 is not divisible by n_heads 6"),
     (dict(queries=(4, 2, 2)), "last fusion stage must leave exactly one token"),
     (dict(head="energy"), "unknown head 'energy'"),
+    (dict(head="latency", readout="mean"), "unknown readout 'mean'"),
+    (dict(readout="token+sum"), "sum readout is for the latency head only"),
 ])
 def test_config_validation(kw, message):
     with pytest.raises(ValueError, match=message):
