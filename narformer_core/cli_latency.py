@@ -205,9 +205,11 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     if getattr(args, "target", None):
         nar_train["target"] = args.target
     static_raw = not getattr(args, "no_static_raw", False)
+    scheme = getattr(args, "token_scheme", None) or "nerf"
     names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN"}
     make = {
-        "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train, static_raw=static_raw),
+        "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
+                                             static_raw=static_raw, scheme=scheme),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
     }
@@ -217,7 +219,10 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
             make[k]()
         except (TypeError, ValueError) as e:
             raise UserError(f"bad options for the {k} predictor: {e}") from None
-    fingerprint = {"narformer": json.dumps([nar_model, nar_train, static_raw], sort_keys=True),
+    # The scheme joins the fingerprint only when it is not the default, so fits cached before the
+    # option existed keep their keys.
+    nar_print = [nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
+    fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
                    "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True)}
     if fingerprints is not None:
         fingerprints.update({names[k]: fingerprint[k] for k in kinds})
@@ -361,6 +366,8 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
               help="NAR-Former latency target (default: the predictor's default)")
     _add_once(p, "--no-static-raw", action="store_true",
               help="NAR-Former latency: only the sin/cos codes of the static features, as in the paper")
+    _add_once(p, "--token-scheme", default=None, choices=["nerf", "trans"],
+              help="NAR-Former latency: frequencies of the tokens' sin/cos codes (default nerf)")
     _add_once(p, "--narformer-json", default=None, help="NAR-Former latency training overrides (JSON)")
     _add_once(p, "--nnlp-json", default=None, help="NNLP GNN options (JSON), e.g. '{\"width\": 256}'")
 

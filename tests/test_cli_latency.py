@@ -201,3 +201,21 @@ def test_build_dataset_command(capsys, tmp_path):
     assert code == 2 and "unknown families" in err
     code, _, err = run(capsys, "latency", "build-dataset", "--out", out)
     assert code == 2 and "how many" in err
+
+
+def test_token_scheme_reaches_the_predictor_and_its_cache_key():
+    import argparse
+
+    from narformer_core.cli_latency import _factories
+
+    def factories(**kw):
+        prints = {}
+        made = _factories(argparse.Namespace(predictors="narformer", **kw), prints)
+        return made["NAR-Former"](), prints["NAR-Former"]
+
+    default, key = factories()
+    assert default.scheme == "nerf"
+    # Fits cached before the option existed keep their key.
+    assert json.loads(key) == [{}, {}, True]
+    trans, trans_key = factories(token_scheme="trans")
+    assert trans.scheme == "trans" and json.loads(trans_key) == [{}, {}, True, "trans"]

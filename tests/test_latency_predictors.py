@@ -77,6 +77,20 @@ def test_narformer_targets_and_validation_set(measured):
     assert NARFormerLatency(static_raw=False).model_config().static_dim == 128
 
 
+def test_narformer_token_scheme_and_sum_readout_round_trip(measured, tmp_path):
+    graphs, y = measured
+    p = NARFormerLatency(model={**TINY_NAR["model"], "readout": "token+sum"},
+                         train={**TINY_NAR["train"], "epochs": 4}, scheme="trans").fit(graphs, y, seed=0)
+    q = load_predictor(p.save(tmp_path / "trans.pt"))
+    assert q.scheme == "trans" and q.model_config().readout == "token+sum"
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+    # The scheme belongs to the model: the same weights read "nerf" tokens differently.
+    q.scheme = "nerf"
+    assert not np.allclose(q.predict(graphs), p.predict(graphs), rtol=1e-3)
+    with pytest.raises(ValueError, match="unknown token scheme 'fourier'"):
+        NARFormerLatency(scheme="fourier")
+
+
 def test_features_shapes(measured):
     graphs, _ = measured
     s = static_log_features(graphs[:3])

@@ -94,10 +94,10 @@ def static_log_features(graphs: Sequence[ArchGraph]) -> np.ndarray:
     return np.stack([_cached("static", g, make) for g in graphs])
 
 
-def _network_tokens(g: ArchGraph):
+def _network_tokens(g: ArchGraph, scheme: str = "nerf"):
     from ..network_tokenizer import tokenize_network
 
-    tk = tokenize_network(g)
+    tk = tokenize_network(g, scheme)
     return tk.depth, tk.nodes.astype(np.float16), tk.static
 
 
@@ -260,11 +260,19 @@ class NARFormerLatency(LatencyPredictor):
     kind = "narformer"
 
     def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
-                 device: str = "cpu"):
+                 device: str = "cpu", scheme: str = "nerf"):
         super().__init__()
+        from ..tokenizer import SCHEMES
+
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown token scheme {scheme!r}; use one of {SCHEMES}")
         self.model_overrides = {**NETWORK_MODEL, **(model or {})}
         self.train_overrides = {**NETWORK_TRAIN, **(train or {})}
         self.static_raw, self.device = bool(static_raw), device
+        # The frequencies of the tokens' sin/cos codes (tokenizer.frequencies). "nerf" (1 .. 2^15)
+        # gives integers such as channel counts codes that look unrelated to their neighbours';
+        # "trans" (1 .. 1e-4) also has slow frequencies, whose phases grow smoothly with size.
+        self.scheme = scheme
         self.net = None
         self.target = None
         self.static_mu = self.static_sd = None
@@ -283,7 +291,7 @@ class NARFormerLatency(LatencyPredictor):
     def _tokens(self, graphs):
         from .train_latency import TokenSet
 
-        parts = [_cached("tokens", g, _network_tokens) for g in graphs]
+        parts = [_cached(f"tokens-{self.scheme}", g, lambda g: _network_tokens(g, self.scheme)) for g in graphs]
         static = np.stack([p[2] for p in parts])
         if self.static_raw:
             raw = (static_log_features(graphs) - self.static_mu) / self.static_sd
@@ -324,7 +332,8 @@ class NARFormerLatency(LatencyPredictor):
     def _state(self):
         return {"config": {"model": _plain(self.model_config().to_dict()),
                            "model_overrides": _plain(self.model_overrides),
-                           "train": _plain(self.train_overrides), "static_raw": self.static_raw},
+                           "train": _plain(self.train_overrides), "static_raw": self.static_raw,
+                           "scheme": self.scheme},
                 "state_dict": self.net.state_dict(), "target": self.target.state(),
                 "arrays": {"static_mu": torch.from_numpy(self.static_mu), "static_sd": torch.from_numpy(self.static_sd)},
                 "offset": None if self.offset_model is None else self.offset_model._state()}
@@ -335,6 +344,10 @@ class NARFormerLatency(LatencyPredictor):
         c = st["config"]
         self.model_overrides, self.train_overrides = c["model_overrides"], c["train"]
         self.static_raw = c["static_raw"]
+        self.scheme = c.get("scheme", "nerf")      # checkpoints before the option: nerf
+        from ..tokenizer import SCHEMES
+        if self.scheme not in SCHEMES:
+            raise LatencyCheckpointError(f"the latency checkpoint names an unknown token scheme {self.scheme!r}")
         # The config is bounded by the saved tensors before anything is built: a doctored config
         # cannot make the loader allocate a huge model, and another model size is named as such.
         from ..predictors import checked_module, narformer_bounds
