@@ -193,7 +193,6 @@ class NARFormer(nn.Module):
             z = torch.cat([z, static], dim=-1)
         return self.head(z).squeeze(-1)
 
-
     def _node_sum(self, memory, mask):
         """Sum of the normalised node tokens of the memory (padding left out; the depth token too)."""
         nodes = self.ln_sum(memory[:, 1:])                                                  # (B, T, d)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from ..graph import ArchGraph, GraphError
 from ..metrics import mape
+from ..tokenizer import SCHEMES
 
 CKPT_FORMAT = "narformer-latency-1"
 KINDS = ("narformer", "flops", "nnlp")
@@ -262,8 +263,6 @@ class NARFormerLatency(LatencyPredictor):
     def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
                  device: str = "cpu", scheme: str = "nerf"):
         super().__init__()
-        from ..tokenizer import SCHEMES
-
         if scheme not in SCHEMES:
             raise ValueError(f"unknown token scheme {scheme!r}; use one of {SCHEMES}")
         self.model_overrides = {**NETWORK_MODEL, **(model or {})}
@@ -345,7 +344,6 @@ class NARFormerLatency(LatencyPredictor):
         self.model_overrides, self.train_overrides = c["model_overrides"], c["train"]
         self.static_raw = c["static_raw"]
         self.scheme = c.get("scheme", "nerf")      # checkpoints before the option: nerf
-        from ..tokenizer import SCHEMES
         if self.scheme not in SCHEMES:
             raise LatencyCheckpointError(f"the latency checkpoint names an unknown token scheme {self.scheme!r}")
         # The config is bounded by the saved tensors before anything is built: a doctored config
