@@ -453,8 +453,40 @@ def predict_latency(predictor, graphs: Sequence[ArchGraph]) -> np.ndarray:
     return np.asarray(predictor.predict(list(graphs)), dtype=np.float64)
 
 
-def latency_dataset(platform_key: str | None = None, column: str = "median_ms") -> pd.DataFrame:
-    """The measured zoo networks (assets/latency/zoo_cpu.jsonl.gz): one row each, graph included.
+DEV_LATENCY_SET = "zoo_cpu.jsonl.gz"   # the 150-network development set, the fallback reference
+
+
+def latency_reference_file(meta: dict | None = None) -> Path:
+    """The measured networks a latency predictor is compared with.
+
+    The data set it was trained on (``meta["dataset"]``) when that file is in the latency folder:
+    its labels are the statistic the predictor learned, and the networks it held out can be told
+    apart. Otherwise the development set.
+    """
+    name = Path(str((meta or {}).get("dataset") or "")).name
+    own = latency_dir() / name if name else None
+    return own if own is not None and own.is_file() else latency_dir() / DEV_LATENCY_SET
+
+
+def held_out_rows(meta: dict, reference: Path, n_rows: int) -> np.ndarray | None:
+    """Rows of ``reference`` the predictor never trained on, or None when that is unknown.
+
+    Known only when the reference is the predictor's own data set, whole (the same network count
+    as at training), and its metadata lists the test networks (``bench latency --save-in-domain``
+    and the shipped checkpoints do).
+    """
+    idx = meta.get("test_indices")
+    if idx is None or Path(str(meta.get("dataset") or "")).name != reference.name \
+            or meta.get("n_networks") != n_rows:
+        return None
+    idx = np.unique(np.asarray(idx, dtype=np.int64))
+    return idx if idx.size and idx[0] >= 0 and idx[-1] < n_rows else None
+
+
+def latency_dataset(platform_key: str | None = None, column: str = "median_ms",
+                    path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Measured zoo networks, one row each, graph included: ``path`` (a data set file), by default
+    the development set (assets/latency/zoo_cpu.jsonl.gz).
 
     ``latency_ms`` holds ``column`` (what a predictor was trained on, e.g. ``min_ms``), so that a
     prediction is ranked against the same statistic; ``median_ms`` is always there too. A
@@ -462,7 +494,7 @@ def latency_dataset(platform_key: str | None = None, column: str = "median_ms") 
     """
     from .latency.dataset import LATENCY_COLUMNS, load_dataset, load_records
 
-    path = latency_dir() / "zoo_cpu.jsonl.gz"
+    path = Path(path) if path is not None else latency_dir() / DEV_LATENCY_SET
     if not path.exists():
         return pd.DataFrame()
     if platform_key is None:

@@ -44,9 +44,9 @@ def nb101_truth(module_hash: str) -> pd.DataFrame:
     return svc.nb101_ground_truth(module_hash)
 
 
-@st.cache_data(show_spinner=False)
-def zoo_measured_ms(platform_key: str | None, column: str = "median_ms") -> np.ndarray:
-    df = svc.latency_dataset(platform_key, column)
+@st.cache_data(show_spinner="Reading the measured zoo networks…")
+def zoo_measured_ms(reference: str, platform_key: str | None, column: str = "median_ms") -> np.ndarray:
+    df = svc.latency_dataset(platform_key, column, reference)
     return df["latency_ms"].to_numpy() if len(df) else np.zeros(0)
 
 
@@ -139,10 +139,12 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
     c1, c2 = st.columns(2)
     c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from "
               f"{plat or 'an unrecorded platform'}, statistic `{column}`")
-    ref = zoo_measured_ms(plat, column)
+    reference = svc.latency_reference_file(predictor.meta)
+    ref = zoo_measured_ms(str(reference), plat, column)
     if ref.size:
         rank, pct = svc.rank_and_percentile(-ms, -ref)
-        c2.metric("Faster than", f"{pct:.1f} %", help=f"of the {ref.size} measured zoo networks on {plat}")
+        c2.metric("Faster than", f"{pct:.1f} %", help=f"of the {ref.size} measured zoo networks of "
+                  f"`{reference.name}` on {plat}")
     st.caption(f"{predictor.name}, trained on `{column}` measured on `{plat}`; a prediction is for that "
                "platform, not necessarily for this machine." + (
                    " `min_ms` is the fastest run over several timing sessions: what the hardware can do "

@@ -22,14 +22,16 @@ def device_table() -> pd.DataFrame:
 
 
 @st.cache_resource(show_spinner="Reading the measured zoo networks…")
-def zoo_dataset(platform_key: str | None = None, column: str = "median_ms") -> pd.DataFrame:
-    return svc.latency_dataset(platform_key, column)
+def zoo_dataset(reference: str, platform_key: str | None = None, column: str = "median_ms") -> pd.DataFrame:
+    return svc.latency_dataset(platform_key, column, reference)
 
 
 @st.cache_data(show_spinner="Predicting the zoo networks…", max_entries=8)
-def zoo_predictions(path: str, mtime: float, platform_key: str | None, column: str) -> np.ndarray:
-    df = zoo_dataset(platform_key, column)   # the frame already read for the comparison
-    return svc.predict_latency(cache.load_latency_predictor(path, mtime), list(df["graph"]))
+def zoo_predictions(path: str, mtime: float, reference: str, platform_key: str | None, column: str,
+                    rows: tuple[int, ...]) -> np.ndarray:
+    df = zoo_dataset(reference, platform_key, column)   # the frame already read for the comparison
+    graphs = df["graph"].to_numpy()[list(rows)]
+    return svc.predict_latency(cache.load_latency_predictor(path, mtime), list(graphs))
 
 
 def random_cell() -> None:
@@ -137,22 +139,32 @@ else:
     if predictor is not None:
         plat = predictor.meta.get("platform_key")
         column = str(predictor.meta.get("column", "median_ms"))
-        zoo = zoo_dataset(plat, column)
+        reference = svc.latency_reference_file(predictor.meta)
+        zoo = zoo_dataset(str(reference), plat, column)
         if not len(zoo):
             st.info(f"No measured zoo networks on {plat} in `{svc.latency_dir()}` to compare with.")
         else:
             from narformer_core.metrics import acc_within, mape
 
-            pred = zoo_predictions(str(path), path.stat().st_mtime, plat, column)
-            meas = zoo["latency_ms"].to_numpy()   # the statistic the predictor was trained on
+            # Only the networks the predictor never trained on, when they are known: a score on its
+            # own training networks would flatter it.
+            held = svc.held_out_rows(predictor.meta, reference, len(zoo))
+            rows = held if held is not None else np.arange(len(zoo))
+            pred = zoo_predictions(str(path), path.stat().st_mtime, str(reference), plat, column,
+                                   tuple(int(i) for i in rows))
+            meas = zoo["latency_ms"].to_numpy()[rows]   # the statistic the predictor was trained on
             c = st.columns(3)
-            c[0].metric("Zoo networks", len(zoo))
+            c[0].metric("Held-out networks" if held is not None else "Zoo networks", len(rows))
             c[1].metric("MAPE", f"{mape(pred, meas):.1f} %")
             c[2].metric("Acc(10%)", f"{acc_within(pred, meas):.1f} %")
-            st.caption(f"{predictor.name} on every measured zoo network of `{plat}` (statistic `{column}`), the "
-                       "ones it was trained on included; held-out figures come from "
-                       "`python -m narformer_core bench latency`.")
-            st.plotly_chart(plots.pred_vs_truth(pred, meas, hover=zoo["description"].to_numpy(),
+            if held is not None:
+                st.caption(f"{predictor.name} on the {len(rows)} networks of `{reference.name}` it never saw while "
+                           f"training (of {len(zoo)}), measured on `{plat}`, statistic `{column}`.")
+            else:
+                st.caption(f"{predictor.name} on every network of `{reference.name}` measured on `{plat}` "
+                           f"(statistic `{column}`), the ones it was trained on included; held-out figures come "
+                           "from `python -m narformer_core bench latency`.")
+            st.plotly_chart(plots.pred_vs_truth(pred, meas, hover=zoo["description"].to_numpy()[rows],
                                                 x_title="measured (ms)", y_title="predicted (ms)", name="zoo networks"),
                             key="lat_zoo_scatter", width="stretch")
 

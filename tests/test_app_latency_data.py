@@ -150,6 +150,49 @@ def test_predicted_vs_measured_on_the_zoo(env, monkeypatch, tmp_path_factory):
         assert "No measured zoo networks" in texts(at)
 
 
+DEV_SET = app_services.PROJECT_ROOT / "assets" / "latency" / app_services.DEV_LATENCY_SET
+
+
+@pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
+def test_the_lab_scores_a_predictor_on_the_networks_it_held_out(env, monkeypatch, tmp_path):
+    """A predictor whose own data set is in the latency folder is scored on its test networks only."""
+    import gzip
+    import json
+
+    from narformer_core.latency.dataset import load_dataset
+    from narformer_core.latency.predictors import make_predictor
+    from narformer_core.metrics import mape
+
+    lat_dir = tmp_path / "lat"
+    lat_dir.mkdir()
+    with gzip.open(DEV_SET, "rt") as f:
+        lines = [next(f) for _ in range(30)]
+    own = lat_dir / "mini.jsonl.gz"
+    with gzip.open(own, "wt") as f:
+        f.writelines(lines)
+    records, graphs, _ = load_dataset(own)
+    y = np.array([r["median_ms"] for r in records])
+    test = [2, 7, 11, 19, 23, 29]
+    train = [i for i in range(30) if i not in test]
+    p = make_predictor("flops").fit([graphs[i] for i in train], y[train])
+    p.meta.update({"dataset": "assets/latency/mini.jsonl.gz", "n_networks": 30, "test_indices": test,
+                   "column": "median_ms", "platform_key": records[0]["platform_key"]})
+    p.save(lat_dir / "flops.pt")
+    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
+    at = page(LAB).run()
+    no_exception(at)
+    assert int(metric(at, "Held-out networks")) == len(test)
+    expected = mape(p.predict([graphs[i] for i in test]), y[test])
+    assert metric(at, "MAPE") == f"{expected:.1f} %"
+    assert "never saw while training (of 30)" in " ".join(c.value for c in at.caption)
+    # Without its test list the same predictor is scored on every network, and says so.
+    p.meta.pop("test_indices")
+    p.save(lat_dir / "flops.pt")
+    at = page(LAB).run()
+    assert int(metric(at, "Zoo networks")) == 30
+    assert metric(at, "MAPE") == f"{mape(p.predict(graphs), y):.1f} %"
+
+
 def test_no_latency_predictor_checkpoint(env):
     at = page(LAB).run()
     no_exception(at)

@@ -155,3 +155,20 @@ def test_curves_and_rank_plots():
     h = plots.rank_error_hist({"x": np.array([1, -1, 0]), "y": np.array([0, 0])})
     assert [t.name for t in h.data] == ["x", "y"]
     assert plots.value_histogram(np.array([1.0, 2.0, 3.0]), 2.0, log_x=True).layout.xaxis.title.text.startswith("log10")
+
+
+def test_latency_reference_is_the_predictors_own_data_set_when_present(monkeypatch, tmp_path):
+    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(tmp_path))
+    meta = {"dataset": "assets/latency/own.jsonl.gz", "n_networks": 5, "test_indices": [4, 1, 1]}
+    # Not in the folder: the development set.
+    assert svc.latency_reference_file(meta) == tmp_path / svc.DEV_LATENCY_SET
+    assert svc.latency_reference_file(None) == tmp_path / svc.DEV_LATENCY_SET
+    (tmp_path / "own.jsonl.gz").write_bytes(b"")
+    own = svc.latency_reference_file(meta)
+    assert own == tmp_path / "own.jsonl.gz"
+    np.testing.assert_array_equal(svc.held_out_rows(meta, own, 5), [1, 4])
+    # Another file, another network count, or indices that do not fit: unknown.
+    assert svc.held_out_rows(meta, tmp_path / svc.DEV_LATENCY_SET, 5) is None
+    assert svc.held_out_rows(meta, own, 6) is None
+    assert svc.held_out_rows({**meta, "test_indices": [5]}, own, 5) is None
+    assert svc.held_out_rows({k: v for k, v in meta.items() if k != "test_indices"}, own, 5) is None
