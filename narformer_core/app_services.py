@@ -463,9 +463,14 @@ def latency_reference_file(meta: dict | None = None) -> Path:
     its labels are the statistic the predictor learned, and the networks it held out can be told
     apart. Otherwise the development set.
     """
-    name = Path(str((meta or {}).get("dataset") or "")).name
+    name = _dataset_name(meta)
     own = latency_dir() / name if name else None
     return own if own is not None and own.is_file() else latency_dir() / DEV_LATENCY_SET
+
+
+def _dataset_name(meta: dict | None) -> str:
+    """File name of the data set a latency predictor's metadata says it was trained on ('' if none)."""
+    return Path(str((meta or {}).get("dataset") or "")).name
 
 
 def held_out_rows(meta: dict, reference: Path, n_rows: int) -> np.ndarray | None:
@@ -476,8 +481,7 @@ def held_out_rows(meta: dict, reference: Path, n_rows: int) -> np.ndarray | None
     and the shipped checkpoints do).
     """
     idx = meta.get("test_indices")
-    if idx is None or Path(str(meta.get("dataset") or "")).name != reference.name \
-            or meta.get("n_networks") != n_rows:
+    if idx is None or _dataset_name(meta) != reference.name or meta.get("n_networks") != n_rows:
         return None
     idx = np.unique(np.asarray(idx, dtype=np.int64))
     return idx if idx.size and idx[0] >= 0 and idx[-1] < n_rows else None

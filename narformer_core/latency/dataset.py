@@ -446,9 +446,8 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     by ~7 %. The fastest run over two sessions far apart in time agreed with another such pair to
     ~3 % in a 40-network pilot (one measurer at a time, 1 s sessions); over the 2,000-network set,
     three sessions gave a 6.6 % floor (assets/latency/README.md). The combined record's ``min_ms``
-    is that label; ``median_ms`` and
-    the quantiles are over the pooled runs; ``pass_min_ms`` / ``pass_median_ms`` /
-    ``pass_measured_at`` keep each pass's own figures.
+    is that label; ``median_ms`` and the quantiles are over the pooled runs; ``pass_min_ms`` /
+    ``pass_median_ms`` / ``pass_measured_at`` keep each pass's own figures.
 
     ``source`` gives the structure (spec, graph, static features); ``passes`` are files written
     by :func:`remeasure`. Only networks timed in every pass are written, in the source's order.
