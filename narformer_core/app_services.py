@@ -166,7 +166,15 @@ def checkpoint_summary(predictor) -> dict:
     return {"space": m.get("task", {}).get("space"), "labels": m.get("task", {}).get("labels"),
             "kind": m.get("kind"), "epoch": m.get("epoch"), "val_tau": m.get("val_tau"),
             "train_size": len(m.get("train_idx", ())), "val_size": len(m.get("val_idx", ())),
-            "seed": tc.get("seed"), "params": predictor.model.n_params()}
+            "seed": tc.get("seed"), "params": predictor.model.n_params(),
+            "members": len(m.get("members", ())), "selection": selection_text(m)}
+
+
+def selection_text(meta: dict) -> str:
+    """Where a checkpoint's validation tau comes from, for a caption: one epoch, or an ensemble."""
+    if meta.get("members"):
+        return f"of the mean of {len(meta['members'])} runs on one split"
+    return f"at epoch {meta.get('epoch')}"
 
 
 def predict_graph(predictor, graph: ArchGraph) -> float:

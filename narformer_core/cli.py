@@ -45,6 +45,7 @@ def _train_config(args) -> "TrainConfig":
         preset["twin_grad"] = args.twin_grad
     return TrainConfig(space=args.space, labels=args.labels, test_labels=args.test_labels,
                        train_size=args.train_size, val_size=args.val_size, seed=args.seed,
+                       init_seed=getattr(args, "init_seed", None),
                        test_every=getattr(args, "test_every", 0) or 0, device=args.device,
                        data_dir=args.data_dir, model=model, **preset)
 
@@ -73,7 +74,10 @@ def _model_overrides(text: str | None) -> dict:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="nb201", choices=["nb201", "nb101"])
     p.add_argument("--train-size", type=int, default=781)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="split seed (which cells train and validate)")
+    p.add_argument("--init-seed", type=int,
+                   help="seed of the weights, batch order and dropout (default: --seed); "
+                        "runs on one split with different init seeds can form an ensemble")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     add_protocol_args(p)
 

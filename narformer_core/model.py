@@ -206,3 +206,24 @@ class NARFormer(nn.Module):
 def build_model(config: dict | NARFormerConfig) -> NARFormer:
     cfg = config if isinstance(config, NARFormerConfig) else NARFormerConfig(**config)
     return NARFormer(cfg)
+
+
+class NARFormerEnsemble(nn.Module):
+    """The mean output of several NAR-Formers trained on one split, with one target map.
+
+    Runs that differ only in their initialisation and batch order rank the unseen architectures
+    with partly independent errors; their mean cancels part of them. Members may differ in size.
+    """
+
+    def __init__(self, members: list[NARFormer]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    def n_params(self) -> int:
+        return sum(m.n_params() for m in self.members)
+
+    def forward(self, depth, nodes, mask=None, static=None):
+        return torch.stack([m(depth, nodes, mask, static) for m in self.members]).mean(dim=0)

@@ -13,8 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .ensemble import ENSEMBLE_FORMAT, check_members
 from .graph import ArchGraph, GraphError
-from .model import NARFormer, NARFormerConfig
+from .model import NARFormer, NARFormerConfig, NARFormerEnsemble
 from .targets import TargetMap
 from .tasks import AccuracyTask, load_task
 from .tokenizer import tokenize_graphs
@@ -147,8 +148,14 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[NARFormer, d
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
     ck = load_weights_only(path, CheckpointError, device)
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise CheckpointError(f"{path.name} is not a NAR-Former checkpoint (expected format {CKPT_FORMAT})")
+    is_ensemble = isinstance(ck, dict) and ck.get("format") == ENSEMBLE_FORMAT
+    if not isinstance(ck, dict) or (ck.get("format") != CKPT_FORMAT and not is_ensemble):
+        raise CheckpointError(f"{path.name} is not a NAR-Former checkpoint (expected format {CKPT_FORMAT} "
+                              f"or {ENSEMBLE_FORMAT})")
+    if is_ensemble:
+        # The first member's config and weights stand in for the top-level tables checked below.
+        members = check_members(ck, path.name, CheckpointError)
+        ck.setdefault("state_dict", members[0]["state_dict"])
     # The keys the loader and from_checkpoint read, checked here: a doctored or foreign file gets
     # one sentence, not a KeyError from deep inside.
     for k, typ in _CKPT_TABLES.items():
@@ -161,11 +168,19 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[NARFormer, d
     if not isinstance(ck["task"].get("space"), str):
         raise CheckpointError(f"{path.name}: its task does not name the search space")
 
-    def make():
-        return NARFormer(NARFormerConfig(**ck["model_config"]))
-
-    model = checked_module(make, ck["state_dict"], path.name, CheckpointError, *narformer_bounds(ck["model_config"]))
+    if is_ensemble:
+        model = NARFormerEnsemble([_checked_narformer(m["model_config"], m["state_dict"], f"{path.name} member {i}")
+                                   for i, m in enumerate(members)])
+    else:
+        model = _checked_narformer(ck["model_config"], ck["state_dict"], path.name)
     return model.to(device), ck
+
+
+def _checked_narformer(config: dict, state_dict: dict, what: str) -> NARFormer:
+    def make():
+        return NARFormer(NARFormerConfig(**config))
+
+    return checked_module(make, state_dict, what, CheckpointError, *narformer_bounds(config))
 
 
 def _finite(pred: np.ndarray, path: str | None) -> np.ndarray:
@@ -191,6 +206,8 @@ class NARFormerPredictor(AccuracyPredictor):
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "NARFormerPredictor":
         model, ck = load_checkpoint(path, device)
         meta = {k: ck[k] for k in ("kind", "task", "train_config", "model_config", "epoch", "val_tau") if k in ck}
+        if "members" in ck:     # an ensemble: what each member was, without its weights
+            meta["members"] = [{k: m.get(k) for k in ("kind", "epoch", "val_tau", "source")} for m in ck["members"]]
         meta["train_idx"] = ck["split"]["train"].numpy()
         meta["val_idx"] = ck["split"]["val"].numpy()
         meta["path"] = str(path)

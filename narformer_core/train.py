@@ -44,7 +44,10 @@ class TrainConfig:
     test_labels: str | None = None   # for test figures logged with test_every (None: = labels)
     train_size: int = 781
     val_size: int = 200
-    seed: int = 0
+    seed: int = 0                    # the split (which cells train / validate); also the run's seed by default
+    # Seeds the weights, batch order, twins and dropout when set, so that runs on one split can
+    # differ (members of an ensemble); None: the split seed, as before the option existed.
+    init_seed: int | None = None
     epochs: int = 4000
     batch_size: int = 256
     lr: float = 1e-4
@@ -240,14 +243,15 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
         train_idx, val_idx = (np.sort(np.asarray(i, dtype=np.int64)) for i in indices)
     model_cfg = NARFormerConfig(**{"token_dim": 6 * 32, "depth_dim": 192, **cfg.model})
 
-    torch.manual_seed(cfg.seed)
+    run_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+    torch.manual_seed(run_seed)
     model = NARFormer(model_cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(run_seed)
+    gen = torch.Generator().manual_seed(run_seed)
 
     start_epoch, step, wall = 0, 0, 0.0
     best = {"val_tau": -2.0, "epoch": -1}
@@ -270,11 +274,11 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
             if len(ranks) == dd.world_size:
                 torch.set_rng_state(ranks[dd.rank])      # continue this rank's dropout stream
             else:                                        # resumed with another number of processes
-                torch.manual_seed(distributed.rank_seed(cfg.seed, dd.rank, start_epoch))
+                torch.manual_seed(distributed.rank_seed(run_seed, dd.rank, start_epoch))
         writer = _Writer(run_dir / "metrics.jsonl", keep_through_step=step) if dd.is_main else None
     else:
         if dd.enabled and dd.rank:
-            torch.manual_seed(distributed.rank_seed(cfg.seed, dd.rank))   # own dropout masks; weights came first
+            torch.manual_seed(distributed.rank_seed(run_seed, dd.rank))   # own dropout masks; weights came first
         writer = _Writer(run_dir / "metrics.jsonl", keep_through_step=None) if dd.is_main else None
     if dd.enabled:
         # Seeds already make the replicas equal; copying rank 0's weights makes it a guarantee.

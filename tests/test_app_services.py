@@ -64,6 +64,11 @@ def test_predict_chunk_agrees_with_the_predictor(tiny_checkpoints):
         svc.predict_chunk(p, "nb101", 0, 10)
     info = svc.checkpoint_summary(p)
     assert info["space"] == "nb201" and info["train_size"] == 64 and info["labels"] == "analog"
+    assert info["members"] == 0 and info["selection"] == f"at epoch {p.meta['epoch']}"
+
+
+def test_an_ensemble_is_described_by_its_member_count():
+    assert svc.selection_text({"members": [{}, {}, {}], "epoch": None}) == "of the mean of 3 runs on one split"
 
 
 def test_predict_chunk_uses_the_target_map(tiny_checkpoints):

@@ -1,0 +1,95 @@
+"""Ensemble checkpoints: several NAR-Former runs on one split, saved and loaded as one file.
+
+An ensemble file holds only tensors and plain containers, like a single checkpoint, so it loads
+with ``weights_only=True`` through :func:`narformer_core.predictors.load_checkpoint` and
+everything downstream (evaluate, the app, search) treats it as one predictor. Its members must
+share the split, the label source, the token scheme and the target map: their outputs are
+averaged in target units, which only means the same thing under one target map.
+
+    ck = build_ensemble([run1 / "best_ema.pt", run2 / "best.pt", ...])
+    torch.save(ck, "nb201-1563-ensemble.pt")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+ENSEMBLE_FORMAT = "narformer-ensemble-1"
+MAX_MEMBERS = 64          # a doctored file cannot ask for thousands of models
+_MEMBER_KEYS = ("model_config", "state_dict", "kind", "epoch", "val_tau", "train_config")
+
+
+class EnsembleError(ValueError):
+    """Checkpoints that cannot form one ensemble; the message says which and why."""
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def build_ensemble(paths: Sequence[str | Path], float16: bool = False) -> dict:
+    """One ensemble checkpoint (a dict for ``torch.save``) from single-run checkpoints.
+
+    Each path is loaded and checked like any checkpoint; they must agree on task, split and
+    target, else :class:`EnsembleError` names the first one that differs and in what.
+    ``float16`` stores the weights at half width (half the file; they load back into float32
+    models): for shipping several members in the repository.
+    """
+    from .predictors import load_checkpoint
+
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise EnsembleError("an ensemble needs at least two checkpoints")
+    if len(paths) > MAX_MEMBERS:
+        raise EnsembleError(f"at most {MAX_MEMBERS} members, got {len(paths)}")
+    members, first = [], None
+    for p in paths:
+        _, ck = load_checkpoint(p)
+        if ck.get("format") == ENSEMBLE_FORMAT:
+            raise EnsembleError(f"{p} is itself an ensemble; list its runs' checkpoints instead")
+        if first is None:
+            first = ck
+        for key in ("task", "split", "target"):
+            if not _same(ck.get(key), first.get(key)):
+                raise EnsembleError(f"{p} has another {key} than {paths[0]}: members of an ensemble must be "
+                                    "trained on one split with one label source and target map")
+        member = {k: ck[k] for k in _MEMBER_KEYS if k in ck}
+        if float16:
+            member["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+        members.append({**member, "source": str(p)})
+    return {"format": ENSEMBLE_FORMAT, "kind": "ensemble", "members": members,
+            "model_config": first["model_config"], "train_config": first.get("train_config", {}),
+            "task": first["task"], "split": first["split"], "target": first.get("target")}
+
+
+def check_members(ck: dict, name: str, error: type[Exception]) -> list[dict]:
+    """The member list of a loaded ensemble file, refused with ``error`` where it is malformed."""
+    members = ck.get("members")
+    if not isinstance(members, list) or not members:
+        raise error(f"{name}: an ensemble file without a list of members")
+    if len(members) > MAX_MEMBERS:
+        raise error(f"{name}: {len(members)} members, more than the {MAX_MEMBERS} an ensemble file may hold")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or not isinstance(m.get("model_config"), dict) \
+                or not isinstance(m.get("state_dict"), dict):
+            raise error(f"{name}: member {i} has no model config and state_dict")
+    return members
+
+
+def validation_tau(predictor) -> float:
+    """Kendall's tau of a loaded predictor on its own validation cells, against its training labels."""
+    from .metrics import kendall_tau
+
+    task = predictor.task()
+    idx = np.asarray(predictor.meta["val_idx"], dtype=np.int64)
+    return float(kendall_tau(predictor.predict(task, idx), task.y[idx]))

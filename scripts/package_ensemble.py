@@ -1,0 +1,67 @@
+"""Ship finished training runs on one split as one ensemble checkpoint, with its metadata.
+
+    python scripts/package_ensemble.py nb201-1563-ensemble runs/ens1563/m1 runs/ens1563/m2 ... [--dest DIR]
+
+Takes from each run the checkpoint it selected on validation (summary.json), checks that all share
+the split, labels and target map, saves NAME.pt (loadable like any checkpoint, weights_only=True),
+computes the ensemble's validation tau (the 200 validation cells of the split, training labels:
+the figure that decides whether it replaces a single checkpoint), evaluates it on the whole space
+against every label source, and writes NAME.json with the members, both figures and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from narformer_core.cli import evaluate_checkpoint, selected_checkpoint  # noqa: E402
+from narformer_core.ensemble import build_ensemble, validation_tau  # noqa: E402
+from narformer_core.predictors import NARFormerPredictor  # noqa: E402
+from narformer_core.train import _on_cpu  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("name")
+    ap.add_argument("runs", nargs="+", help="finished run folders (each with summary.json)")
+    ap.add_argument("--dest", default="assets/checkpoints")
+    ap.add_argument("--float16", action="store_true", help="store the weights at half width (half the file)")
+    ap.add_argument("--no-test", action="store_true", help="validation figure only (no whole-space evaluation)")
+    a = ap.parse_args()
+    summaries, paths = [], []
+    for r in a.runs:
+        s = json.loads((Path(r) / "summary.json").read_text())
+        summaries.append({"run": r, **{k: s.get(k) for k in ("selected", "val_tau", "epochs", "train_seconds")}})
+        paths.append(selected_checkpoint(Path(r), s))
+    ck = _on_cpu(build_ensemble(paths, float16=a.float16))
+    dest = Path(a.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / f"{a.name}.pt"
+    torch.save(ck, out)
+    t0 = time.perf_counter()
+    ck["val_tau"] = validation_tau(NARFormerPredictor.from_checkpoint(out))
+    torch.save(ck, out)
+    meta = {"name": a.name,
+            "made_by": "python scripts/package_ensemble.py " + " ".join([a.name, *a.runs])
+                       + (" --float16" if a.float16 else ""),
+            "float16": a.float16,
+            "members": summaries,
+            "val_tau": ck["val_tau"],
+            "member_val_tau_mean": sum(s["val_tau"] for s in summaries) / len(summaries),
+            "train_config_of_first": json.loads((Path(a.runs[0]) / "config.json").read_text())}
+    print(json.dumps({"val_tau": meta["val_tau"], "member_val_tau_mean": meta["member_val_tau_mean"],
+                      "members": len(summaries), "validation_seconds": round(time.perf_counter() - t0, 2)}))
+    if not a.no_test:
+        meta["evaluation"] = evaluate_checkpoint(out)
+        print(json.dumps(meta["evaluation"], indent=2))
+    (dest / f"{a.name}.json").write_text(json.dumps(meta, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Ensembles of runs on one split: the init seed, building, loading, predicting, refusing."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from narformer_core.ensemble import ENSEMBLE_FORMAT, EnsembleError, build_ensemble, validation_tau
+from narformer_core.model import NARFormerEnsemble
+from narformer_core.predictors import CheckpointError, NARFormerPredictor
+from narformer_core.train import train
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def member_runs(tmp_path_factory, make_train_config):
+    """Three finished tiny runs: split seed 0 with init seeds 1 and 2, and split seed 5."""
+    out = {}
+    for name, kw in {"a": {"init_seed": 1}, "b": {"init_seed": 2}, "other_split": {"seed": 5}}.items():
+        d = tmp_path_factory.mktemp(f"member_{name}")
+        before = torch.get_num_threads()
+        try:
+            train(make_train_config(epochs=2, **kw), d, resume=False, progress=False)
+        finally:
+            torch.set_num_threads(before)
+        out[name] = d
+    return out
+
+
+def test_init_seed_changes_the_weights_but_not_the_split(member_runs):
+    a = torch.load(member_runs["a"] / "latest.pt", weights_only=True)
+    b = torch.load(member_runs["b"] / "latest.pt", weights_only=True)
+    assert torch.equal(a["split"]["train"], b["split"]["train"])
+    assert torch.equal(a["split"]["val"], b["split"]["val"])
+    w = "head.weight"
+    assert not torch.equal(a["state_dict"][w], b["state_dict"][w])
+    assert a["train_config"]["init_seed"] == 1 and b["train_config"]["init_seed"] == 2
+
+
+def test_without_init_seed_a_run_is_seeded_by_its_split_seed(tmp_path, make_train_config):
+    # The option must not change runs that do not use it (the shipped checkpoints' recipe).
+    rows = []
+    for name, kw in {"plain": {}, "explicit": {"init_seed": 0}}.items():
+        train(make_train_config(epochs=1, **kw), tmp_path / name, resume=False, progress=False)
+        rows.append([{k: v for k, v in json.loads(ln).items() if k != "wall_s"}
+                     for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    assert rows[0] == rows[1]
+
+
+def test_the_ensemble_predicts_the_mean_of_its_members(member_runs, tmp_path, nb201_task):
+    paths = [member_runs["a"] / "best.pt", member_runs["b"] / "best.pt"]
+    ck = build_ensemble(paths)
+    assert ck["format"] == ENSEMBLE_FORMAT and len(ck["members"]) == 2
+    torch.save(ck, tmp_path / "ens.pt")
+    ens = NARFormerPredictor.from_checkpoint(tmp_path / "ens.pt")
+    assert isinstance(ens.model, NARFormerEnsemble)
+    singles = [NARFormerPredictor.from_checkpoint(p) for p in paths]
+    assert ens.model.n_params() == sum(s.model.n_params() for s in singles)
+    assert [m["source"] for m in ens.meta["members"]] == [str(p) for p in paths]
+
+    idx = np.arange(0, 15625, 97)
+    tk = nb201_task.tokens("nerf")
+    with torch.inference_mode():
+        raw = [s.model(torch.from_numpy(tk.depth[idx]), torch.from_numpy(tk.nodes[idx])).numpy() for s in singles]
+    expected = ens.to_percent(np.mean(raw, axis=0))
+    np.testing.assert_allclose(ens.predict(nb201_task, idx), expected, rtol=1e-5)
+    # The validation figure is tau on the split's own validation cells.
+    assert -1.0 <= validation_tau(ens) <= 1.0
+
+
+def test_float16_members_halve_the_file_and_predict_almost_the_same(member_runs, tmp_path, nb201_task):
+    paths = [member_runs["a"] / "best.pt", member_runs["b"] / "best.pt"]
+    torch.save(build_ensemble(paths), tmp_path / "full.pt")
+    torch.save(build_ensemble(paths, float16=True), tmp_path / "half.pt")
+    full_size, half_size = (tmp_path / "full.pt").stat().st_size, (tmp_path / "half.pt").stat().st_size
+    assert half_size < 0.6 * full_size
+    full = NARFormerPredictor.from_checkpoint(tmp_path / "full.pt").predict(nb201_task)
+    half = NARFormerPredictor.from_checkpoint(tmp_path / "half.pt").predict(nb201_task)
+    assert np.abs(full - half).max() < 0.5       # percent points, on a quantile-mapped scale
+    assert next(NARFormerPredictor.from_checkpoint(tmp_path / "half.pt").model.parameters()).dtype == torch.float32
+
+
+def test_members_of_another_split_are_refused(member_runs):
+    with pytest.raises(EnsembleError, match="another split"):
+        build_ensemble([member_runs["a"] / "best.pt", member_runs["other_split"] / "best.pt"])
+    with pytest.raises(EnsembleError, match="at least two"):
+        build_ensemble([member_runs["a"] / "best.pt"])
+
+
+def test_damaged_ensemble_files_get_one_sentence(member_runs, tmp_path):
+    ck = build_ensemble([member_runs["a"] / "best.pt", member_runs["b"] / "best.pt"])
+    cases = {
+        "no_members": {**ck, "members": "not a list"},
+        "too_many": {**ck, "members": ck["members"] * 40},
+        "bad_member": {**ck, "members": [ck["members"][0], {"model_config": 3}]},
+        "wrong_shape": {**ck, "members": [ck["members"][0],
+                                          {**ck["members"][1], "model_config": {**ck["model_config"], "d_model": 48,
+                                                                                "n_heads": 2}}]},
+    }
+    expected = {"no_members": "without a list of members", "too_many": "more than the 64",
+                "bad_member": "member 1 has no model config", "wrong_shape": "member 1 does not match"}
+    for name, doctored in cases.items():
+        torch.save(doctored, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match=expected[name]):
+            NARFormerPredictor.from_checkpoint(tmp_path / f"{name}.pt")
+
+
+def test_package_script_writes_the_ensemble_and_its_validation_figure(member_runs, tmp_path):
+    r = subprocess.run([sys.executable, "scripts/package_ensemble.py", "ens", str(member_runs["a"]),
+                        str(member_runs["b"]), "--dest", str(tmp_path), "--float16", "--no-test"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "ens.json").read_text())
+    assert meta["float16"] and len(meta["members"]) == 2
+    assert meta["val_tau"] == pytest.approx(json.loads(r.stdout.splitlines()[0])["val_tau"])
+    ens = NARFormerPredictor.from_checkpoint(tmp_path / "ens.pt")
+    assert ens.meta["val_tau"] == pytest.approx(meta["val_tau"])
+    assert ens.meta["kind"] == "ensemble"
