@@ -93,3 +93,48 @@ def validation_tau(predictor) -> float:
     task = predictor.task()
     idx = np.asarray(predictor.meta["val_idx"], dtype=np.int64)
     return float(kendall_tau(predictor.predict(task, idx), task.y[idx]))
+
+
+def distill(teacher_path: str | Path, run_dir: str | Path, cfg, progress: bool = False) -> Path:
+    """Train one model to reproduce an ensemble's predictions; returns the student's checkpoint.
+
+    Predicting with every member costs members x the time of one model. The student learns the
+    teacher's predicted accuracies of every cell of the space except the validation cells (their
+    structures only: no label beyond the teacher's own training labels is used), is selected on
+    the validation cells' true labels like any run, and is saved as ``student.pt`` with the
+    teacher's split: its labelled training cells are the teacher's, so ``kendall_tau_unseen``
+    still leaves out exactly the cells whose labels anyone trained on.
+    ``cfg`` is a TrainConfig; its sizes and seed are replaced by those of the teacher.
+    """
+    import dataclasses
+    import json
+
+    from .predictors import NARFormerPredictor
+    from .train import train
+
+    teacher = NARFormerPredictor.from_checkpoint(teacher_path)
+    task = teacher.task()
+    val_idx = np.sort(np.asarray(teacher.meta["val_idx"], dtype=np.int64))
+    pseudo = np.asarray(teacher.predict(task), dtype=np.float64).copy()
+    pseudo[val_idx] = task.y[val_idx]           # validation keeps the measured labels
+    unlabelled = np.setdiff1d(np.arange(len(task)), val_idx)
+    student_task = dataclasses.replace(task, y=pseudo, _tokens=task._tokens)
+    cfg = dataclasses.replace(cfg, space=task.space, labels=task.labels, test_labels=task.test_labels,
+                              train_size=len(unlabelled), val_size=len(val_idx),
+                              seed=int(teacher.meta.get("train_config", {}).get("seed", 0)), test_every=0)
+    run_dir = Path(run_dir)
+    summary = train(cfg, run_dir, resume=False, progress=progress, task=student_task,
+                    indices=(unlabelled, val_idx))
+    chosen = run_dir / {"best": "best.pt", "best_ema": "best_ema.pt"}.get(summary["selected"], "latest.pt")
+    ck = torch.load(chosen, map_location="cpu", weights_only=True)
+    ck = {k: v for k, v in ck.items() if k not in ("optimizer", "ema_state_dict", "rng", "rng_ranks")}
+    ck["split"] = {"train": torch.from_numpy(np.sort(np.asarray(teacher.meta["train_idx"], dtype=np.int64))),
+                   "val": torch.from_numpy(val_idx)}
+    ck["task"] = {**ck["task"], "labels": task.labels, "test_labels": task.test_labels}
+    ck["distilled_from"] = {"teacher": str(teacher_path), "teacher_val_tau": teacher.meta.get("val_tau"),
+                            "teacher_members": len(teacher.meta.get("members", ())) or 1,
+                            "cells_with_teacher_labels": int(len(unlabelled))}
+    out = run_dir / "student.pt"
+    torch.save(ck, out)
+    (run_dir / "distilled.json").write_text(json.dumps({**ck["distilled_from"], "summary": summary}, indent=1))
+    return out

@@ -205,7 +205,8 @@ class NARFormerPredictor(AccuracyPredictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "NARFormerPredictor":
         model, ck = load_checkpoint(path, device)
-        meta = {k: ck[k] for k in ("kind", "task", "train_config", "model_config", "epoch", "val_tau") if k in ck}
+        meta = {k: ck[k] for k in ("kind", "task", "train_config", "model_config", "epoch", "val_tau",
+                                   "distilled_from") if k in ck}
         if "members" in ck:     # an ensemble: what each member was, without its weights
             meta["members"] = [{k: m.get(k) for k in ("kind", "epoch", "val_tau", "source")} for m in ck["members"]]
         meta["train_idx"] = ck["split"]["train"].numpy()

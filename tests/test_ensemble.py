@@ -123,3 +123,30 @@ def test_package_script_writes_the_ensemble_and_its_validation_figure(member_run
     ens = NARFormerPredictor.from_checkpoint(tmp_path / "ens.pt")
     assert ens.meta["val_tau"] == pytest.approx(meta["val_tau"])
     assert ens.meta["kind"] == "ensemble"
+
+
+def test_a_distilled_student_keeps_the_teachers_split_and_is_selected_on_true_labels(
+        member_runs, tmp_path, make_train_config):
+    from narformer_core.cli import evaluate_checkpoint
+    from narformer_core.ensemble import distill
+
+    torch.save(build_ensemble([member_runs["a"] / "best.pt", member_runs["b"] / "best.pt"]), tmp_path / "t.pt")
+    teacher = NARFormerPredictor.from_checkpoint(tmp_path / "t.pt")
+    before = torch.get_num_threads()
+    try:
+        out = distill(tmp_path / "t.pt", tmp_path / "student", make_train_config(epochs=1, batch_size=512))
+    finally:
+        torch.set_num_threads(before)
+    student = NARFormerPredictor.from_checkpoint(out)
+    assert not isinstance(student.model, NARFormerEnsemble)
+    np.testing.assert_array_equal(np.sort(student.meta["train_idx"]), np.sort(teacher.meta["train_idx"]))
+    np.testing.assert_array_equal(student.meta["val_idx"], np.sort(teacher.meta["val_idx"]))
+    assert student.meta["distilled_from"]["teacher_members"] == 2
+    assert student.meta["distilled_from"]["cells_with_teacher_labels"] == 15625 - 32
+    # It trained on the teacher's predictions for all cells but the 32 validation ones ...
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["train_size"] == 15625 - 32
+    # ... and its validation tau is measured on their own labels, as the run logged it.
+    summary = json.loads((tmp_path / "student" / "summary.json").read_text())
+    assert validation_tau(student) == pytest.approx(summary["val_tau"], abs=1e-6)
+    res = evaluate_checkpoint(out)
+    assert res["n_train"] == 64 and res["n_unseen"] == 15625 - 64 - 32
