@@ -37,7 +37,11 @@ def main() -> None:
     summaries, paths = [], []
     for r in a.runs:
         s = json.loads((Path(r) / "summary.json").read_text())
-        summaries.append({"run": r, **{k: s.get(k) for k in ("selected", "val_tau", "epochs", "train_seconds")}})
+        config = json.loads((Path(r) / "config.json").read_text())
+        log = [json.loads(ln) for ln in (Path(r) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        summaries.append({"run": r, "init_seed": config.get("init_seed"),
+                          **{k: s.get(k) for k in ("selected", "val_tau", "epochs", "train_seconds")},
+                          "metrics": log})      # each member's tau curve ships with the weights
         paths.append(selected_checkpoint(Path(r), s))
     ck = _on_cpu(build_ensemble(paths, float16=a.float16))
     dest = Path(a.dest)

@@ -177,3 +177,36 @@ def test_latency_reference_is_the_predictors_own_data_set_when_present(monkeypat
     assert svc.held_out_rows(meta, own, 6) is None
     assert svc.held_out_rows({**meta, "test_indices": [5]}, own, 5) is None
     assert svc.held_out_rows({k: v for k, v in meta.items() if k != "test_indices"}, own, 5) is None
+
+
+def test_precomputed_predictions_belong_to_one_checkpoint_file(tiny_checkpoints, tmp_path):
+    src = tiny_checkpoints / "nb201-tiny.pt"
+    ck = tmp_path / "c.pt"
+    shutil.copy(src, ck)
+    assert svc.precomputed_predictions(ck) is None                      # none stored yet
+    pred = svc.predict_all(svc.load_predictor(str(ck)))
+    side = svc.write_precomputed_predictions(ck, pred)
+    assert side == tmp_path / "c.predictions.npz"
+    np.testing.assert_array_equal(svc.precomputed_predictions(ck), pred)
+    # Other bytes under the same name (a retrained checkpoint): the stored ones are not used.
+    ck.write_bytes(ck.read_bytes() + b"\0")
+    assert svc.precomputed_predictions(ck) is None
+    shutil.copy(src, ck)
+    np.savez_compressed(side, predictions=pred, sha256=np.array(svc._sha256(ck)),
+                        version=np.array(svc.PREDICTIONS_VERSION - 1))
+    assert svc.precomputed_predictions(ck) is None                      # made by older code
+    side.write_bytes(b"not a zip")
+    assert svc.precomputed_predictions(ck) is None                      # damaged: predict as usual
+    with pytest.raises(ValueError, match="15,625 finite predictions"):
+        svc.write_precomputed_predictions(ck, pred[:10])
+
+
+@pytest.mark.parametrize("name", svc.SHIPPED_CHECKPOINTS)
+def test_shipped_precomputed_predictions_are_the_checkpoints_own(name):
+    path = svc.checkpoint_dir() / name
+    if not path.exists():
+        pytest.skip(f"{name} is not in this checkout")
+    stored = svc.precomputed_predictions(path)
+    assert stored is not None, f"{svc.predictions_file(path).name} is missing or stale: run scripts/precompute_predictions.py"
+    sample = svc.predict_chunk(svc.load_predictor(str(path)), "nb201", 7000, 7256)
+    np.testing.assert_allclose(stored[7000:7256], sample, rtol=1e-6, atol=1e-6)
