@@ -176,6 +176,18 @@ def test_shipped_checkpoints_load_on_a_cpu_only_machine_without_map_location():
 
     shipped = sorted((Path(__file__).resolve().parents[1] / "assets" / "checkpoints").glob("*.pt"))
     assert shipped
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from tensors(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                yield from tensors(v)
+
     for p in shipped:
         ck = torch.load(p, weights_only=True)       # no map_location: fails on CUDA storages
-        assert {t.device.type for t in ck["state_dict"].values()} == {"cpu"}, p.name
+        weights = ck["members"] if "members" in ck else ck["state_dict"]     # an ensemble: every member
+        assert {t.device.type for t in tensors(weights)} == {"cpu"}, p.name
+        assert {t.device.type for t in tensors(ck)} == {"cpu"}, p.name
