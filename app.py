@@ -108,7 +108,7 @@ def home() -> None:
             if predictor is not None:
                 info = svc.checkpoint_summary(predictor)
                 st.caption(f"Trained on {info['train_size']:,} cells ({info['labels']} labels), "
-                           f"validation tau {info['val_tau']:.3f} {info['selection']}.")
+                           f"{svc.validation_text(info)}.")
                 value = svc.predict_graph(predictor, graph)
                 st.metric("Predicted accuracy", f"{value:.2f} %")
                 with st.spinner("Ranking among all 15,625 cells…", show_time=True):

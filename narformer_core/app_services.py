@@ -177,6 +177,14 @@ def selection_text(meta: dict) -> str:
     return f"at epoch {meta.get('epoch')}"
 
 
+def validation_text(info: dict) -> str:
+    """'validation tau 0.899 at epoch 41' for a checkpoint_summary; a file may not record it
+    (an ensemble assembled without scripts/package_ensemble.py)."""
+    if not isinstance(info.get("val_tau"), (int, float)):
+        return "validation tau not recorded"
+    return f"validation tau {info['val_tau']:.3f} {info['selection']}"
+
+
 def predict_graph(predictor, graph: ArchGraph) -> float:
     return float(predictor.predict_graphs([graph])[0])
 

@@ -115,8 +115,7 @@ with tab_ckpt:
                      format_func={"all": "all (as the paper)", "unseen": "unseen only"}.get,
                      help="unseen: not used for training or validation by this checkpoint")
     st.caption(f"Checkpoint: trained on {info['train_size']:,} {space.upper()} architectures with {info['labels']} "
-               f"labels, {info['val_size']} for validation; selected at epoch {info['epoch']} "
-               f"(validation tau {info['val_tau']:.3f}).")
+               f"labels, {info['val_size']} for validation; {svc.validation_text(info)}.")
 
     keep = np.isfinite(truth) & (~seen if scope == "unseen" else np.ones_like(seen))
     frame = svc.ranking_frame(pred[keep], truth[keep], np.asarray(ids, dtype=object)[keep], seen[keep])

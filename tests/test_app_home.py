@@ -99,3 +99,41 @@ def test_without_a_checkpoint_the_page_says_how_to_train_one(monkeypatch, tmp_pa
     assert "python -m narformer_core train" in out
     # Ground truth still shows.
     assert np.isfinite(table(at, "true rank")["accuracy %"].iloc[0])
+
+
+def test_an_ensemble_checkpoint_and_its_shipped_predictions(monkeypatch, tmp_path, tiny_checkpoints):
+    """An ensemble file is described as one; predictions stored beside it are used, not recomputed."""
+    import shutil
+
+    import torch
+
+    from narformer_core import app_services as svc
+    from narformer_core.ensemble import build_ensemble
+    from narformer_core.train import TrainConfig, train
+    from test_app_support import TINY_MODEL
+
+    cfg = TrainConfig(model=dict(TINY_MODEL), epochs=1, train_size=64, val_size=32, labels="analog",
+                      device="cpu", save_every_s=1e9, batch_size=32, threads=1, init_seed=1)
+    before = torch.get_num_threads()
+    try:
+        train(cfg, tmp_path / "second", resume=False, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    cdir = tmp_path / "ckpts"
+    cdir.mkdir()
+    ens = cdir / "nb201-ens.pt"
+    torch.save(build_ensemble([tiny_checkpoints / "nb201-tiny.pt", tmp_path / "second" / "best.pt"]), ens)
+    # Stored predictions that no model makes: the default cell on top, the rest in a ramp (a rank
+    # of 1 and a percentile of 100 show that the page read them instead of predicting).
+    index = nb201.index_of(svc.nb201_default_cell())
+    stored = np.linspace(20.0, 90.0, nb201.N_ARCHS)
+    stored[index] = 99.0
+    svc.write_precomputed_predictions(ens, stored)
+    app_env(monkeypatch, tmp_path, cdir)
+    at = page("app.py")
+    at.run()
+    no_exception(at)
+    assert "validation tau not recorded" in texts(at)      # assembled without package_ensemble.py
+    assert metric(at, "Predicted rank of 15,625") == "1"
+    assert metric(at, "Percentile") == "100.0 %"
+    shutil.rmtree(tmp_path / "second")

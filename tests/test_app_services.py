@@ -69,6 +69,9 @@ def test_predict_chunk_agrees_with_the_predictor(tiny_checkpoints):
 
 def test_an_ensemble_is_described_by_its_member_count():
     assert svc.selection_text({"members": [{}, {}, {}], "epoch": None}) == "of the mean of 3 runs on one split"
+    info = {"val_tau": 0.89907, "selection": "of the mean of 8 runs on one split"}
+    assert svc.validation_text(info) == "validation tau 0.899 of the mean of 8 runs on one split"
+    assert svc.validation_text({**info, "val_tau": None}) == "validation tau not recorded"
 
 
 def test_predict_chunk_uses_the_target_map(tiny_checkpoints):
