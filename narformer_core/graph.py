@@ -227,6 +227,30 @@ def topological_order(preds: Sequence[Sequence[int]]) -> list[int]:
     return order
 
 
+def random_topological_order(preds: Sequence[Sequence[int]], rng) -> list[int]:
+    """A topological order drawn at random: Kahn's algorithm taking any ready node (``rng``: a
+    numpy Generator). A chain has only one order; branches (inception blocks, residual shortcuts)
+    give many, each a renumbering that leaves the computation unchanged."""
+    n = len(preds)
+    indeg = [len(set(p)) for p in preds]
+    succ: list[list[int]] = [[] for _ in range(n)]
+    for d, ps in enumerate(preds):
+        for s in set(ps):
+            succ[s].append(d)
+    ready = [i for i in range(n) if indeg[i] == 0]
+    order = []
+    while ready:
+        i = ready.pop(int(rng.integers(len(ready))))
+        order.append(i)
+        for d in succ[i]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                ready.append(d)
+    if len(order) != n:
+        raise GraphError("the graph has a cycle")
+    return order
+
+
 def all_topological_orders(adj: np.ndarray, fixed_ends: bool = True, limit: int = 5040) -> list[tuple[int, ...]]:
     """Every topological order of a DAG given as an upper-triangular adjacency matrix.
 

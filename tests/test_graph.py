@@ -200,3 +200,23 @@ def test_all_topological_orders_matches_brute_force():
     assert len(all_topological_orders(np.zeros((4, 4), np.uint8), fixed_ends=False)) == 24
     assert len(all_topological_orders(np.zeros((4, 4), np.uint8))) == 2
     assert len(all_topological_orders(np.zeros((6, 6), np.uint8), fixed_ends=False, limit=10)) == 10
+
+
+def test_random_topological_orders_are_valid_and_vary_only_where_branches_allow():
+    from narformer_core.graph import random_topological_order
+
+    rng = np.random.default_rng(0)
+    # 0 -> (1, 2, 3) -> 4: the three branches may come in any order.
+    preds = [(), (0,), (0,), (0,), (1, 2, 3)]
+    seen = set()
+    for _ in range(60):
+        order = random_topological_order(preds, rng)
+        pos = {v: k for k, v in enumerate(order)}
+        assert sorted(order) == list(range(5))
+        assert all(pos[s] < pos[d] for d, ps in enumerate(preds) for s in ps)
+        seen.add(tuple(order))
+    assert len(seen) == 6                                   # 3! orders of the branches, all drawn
+    chain = [(), (0,), (1,), (2,)]
+    assert {tuple(random_topological_order(chain, rng)) for _ in range(10)} == {(0, 1, 2, 3)}
+    with pytest.raises(GraphError, match="cycle"):
+        random_topological_order([(1,), (0,)], rng)

@@ -155,3 +155,38 @@ def test_nb201_device_run_tiny():
         pytest.skip("shared NB201 latency tables not available")
     assert r["n_train"] == 781 and r["n_val"] == 200 and r["n_test"] == 15625 - 981
     assert 0 <= r["mape"] < 100 and 0 <= r["acc10"] <= 100 and -1 <= r["kendall_tau"] <= 1
+
+
+class Branches(nn.Module):
+    """Three parallel convolutions concatenated: a network with many topological orders."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (nn.Conv2d(3, 8, k, padding=k // 2) for k in (1, 3, 5))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+    def forward(self, x):
+        return self.head(torch.cat([self.a(x), self.b(x).relu(), self.c(x)], dim=1))
+
+
+def test_renumbered_twins_change_the_numbering_not_the_network():
+    from narformer_core.latency.predictors import renumbered_twins
+    from narformer_core.network_tokenizer import tokenize_network
+
+    g = from_torch(Branches().eval(), torch.zeros(1, 3, 16, 16))
+    graphs, y = renumbered_twins([g], np.array([2.5]), 4, seed=0)
+    assert len(graphs) == 5 and y.tolist() == [2.5] * 5 and graphs[0] is g
+    assert len({t.stable_hash() for t in graphs}) > 1                  # some twin is numbered differently
+    for t in graphs[1:]:
+        assert sorted(t.ops) == sorted(g.ops)
+        np.testing.assert_allclose(static_log_features([t]), static_log_features([g]))
+    changed = next(t for t in graphs[1:] if t.stable_hash() != g.stable_hash())
+    assert not np.array_equal(tokenize_network(changed).nodes, tokenize_network(g).nodes)
+
+
+def test_narformer_fit_with_twins_keeps_its_counts(measured):
+    graphs, y = measured
+    p = NARFormerLatency(model=TINY_NAR["model"], train={**TINY_NAR["train"], "epochs": 2, "twins": 1})
+    p.fit(graphs[:14], y[:14], val=(graphs[14:], y[14:]), seed=0)
+    assert p.meta["n_train"] == 14 and p.meta["twins"] == 1
+    assert np.all(np.isfinite(p.predict(graphs)))

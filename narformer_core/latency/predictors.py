@@ -310,12 +310,16 @@ class NARFormerLatency(LatencyPredictor):
         self.static_mu, self.static_sd = x.mean(0), np.where(x.std(0) > 1e-9, x.std(0), 1.0)
         cfg = LatencyTrainConfig(**{**self.train_overrides, "seed": seed, "device": self.device})
         self.offset_model = FlopsRegression().fit(tg, ty) if cfg.target == "residual" else None
+        n_train = len(tg)
+        if cfg.twins:
+            tg, ty = renumbered_twins(tg, ty, cfg.twins, seed)
         self.net, self.target, self.summary = train_token_model(
             self.model_config(), self._tokens(tg), ty, self._tokens(vg), vy, cfg,
             offset_train=self._offsets(tg), offset_val=self._offsets(vg), progress=progress,
             desc="NAR-Former latency")
-        self.meta.update({"n_train": len(tg), "n_val": len(vg), "val_mape": self.summary["val_mape"],
-                          "selected": self.summary["selected"], "selected_epoch": self.summary["selected_epoch"],
+        self.meta.update({"n_train": n_train, "n_val": len(vg), "twins": cfg.twins,
+                          "val_mape": self.summary["val_mape"], "selected": self.summary["selected"],
+                          "selected_epoch": self.summary["selected_epoch"],
                           "train_seconds": self.summary["train_seconds"]})
         return self
 
@@ -362,6 +366,17 @@ class NARFormerLatency(LatencyPredictor):
 # ------------------------------------------------------------------ (c) NNLP-style GNN
 _ATTR_SLOTS = (3, 4, 5, 6, 7, 8, 9, 10)   # kernel, stride, padding, dilation, groups, bias, perm, out pad
 _SHAPE_SLOTS = (11, 12, 13, 14)
+
+
+def renumbered_twins(graphs: Sequence[ArchGraph], y: np.ndarray, k: int, seed: int):
+    """``graphs`` followed by ``k`` renumbered copies of each (random topological orders), and
+    their latencies repeated: the training set of the twins augmentation."""
+    from ..graph import random_topological_order
+
+    rng = np.random.default_rng(seed + 7919)        # its own stream: the split's draws stay as they were
+    extra = [g.relabel(random_topological_order([n.inputs for n in g.nodes], rng))
+             for _ in range(k) for g in graphs]
+    return list(graphs) + extra, np.concatenate([np.asarray(y)] * (k + 1))
 
 
 def gnn_node_features(g: ArchGraph) -> tuple[np.ndarray, np.ndarray]:

@@ -60,6 +60,10 @@ class LatencyTrainConfig:
     device: str = "cpu"
     max_seconds: float | None = None  # stop early (selection still on validation) after this long
     head_init: str = "kaiming"       # "kaiming": re-initialise the latency MLP (see init_latency_head); "model": keep
+    # Augmentation: this many extra copies of every training network, each renumbered in another
+    # random topological order (NARFormerLatency.fit). Positions and sources in the tokens change,
+    # the computation and its latency do not: the model is shown that numbering carries no cost.
+    twins: int = 0
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
