@@ -201,8 +201,12 @@ def from_edges(ops: Sequence[str], edges: Iterable[tuple[int, int]], space: str 
     return ArchGraph(nodes, space, meta)
 
 
-def topological_order(preds: Sequence[Sequence[int]]) -> list[int]:
-    """Kahn's algorithm, smallest index first. Raises GraphError naming a node on a cycle."""
+def kahn(preds: Sequence[Sequence[int]], rng=None) -> tuple[list[int], list[int]]:
+    """Kahn's algorithm: (the nodes it could place, in order; the in-degrees left).
+
+    Takes the smallest ready index, or with ``rng`` (a numpy Generator) any ready node at random.
+    Nodes on or behind a cycle are never placed: their in-degree stays above zero.
+    """
     import heapq
 
     n = len(preds)
@@ -212,41 +216,37 @@ def topological_order(preds: Sequence[Sequence[int]]) -> list[int]:
         for s in set(ps):
             succ[s].append(d)
     ready = [i for i in range(n) if indeg[i] == 0]
-    heapq.heapify(ready)
+    if rng is None:
+        heapq.heapify(ready)
     order = []
     while ready:
-        i = heapq.heappop(ready)
+        i = heapq.heappop(ready) if rng is None else ready.pop(int(rng.integers(len(ready))))
         order.append(i)
         for d in succ[i]:
             indeg[d] -= 1
             if indeg[d] == 0:
-                heapq.heappush(ready, d)
-    if len(order) != n:
-        stuck = min(i for i in range(n) if indeg[i] > 0)
+                if rng is None:
+                    heapq.heappush(ready, d)
+                else:
+                    ready.append(d)
+    return order, indeg
+
+
+def topological_order(preds: Sequence[Sequence[int]]) -> list[int]:
+    """Kahn's algorithm, smallest index first. Raises GraphError naming a node on a cycle."""
+    order, indeg = kahn(preds)
+    if len(order) != len(preds):
+        stuck = min(i for i in range(len(preds)) if indeg[i] > 0)
         raise GraphError(f"the graph has a cycle (node {stuck} is on or behind one)")
     return order
 
 
 def random_topological_order(preds: Sequence[Sequence[int]], rng) -> list[int]:
-    """A topological order drawn at random: Kahn's algorithm taking any ready node (``rng``: a
-    numpy Generator). A chain has only one order; branches (inception blocks, residual shortcuts)
-    give many, each a renumbering that leaves the computation unchanged."""
-    n = len(preds)
-    indeg = [len(set(p)) for p in preds]
-    succ: list[list[int]] = [[] for _ in range(n)]
-    for d, ps in enumerate(preds):
-        for s in set(ps):
-            succ[s].append(d)
-    ready = [i for i in range(n) if indeg[i] == 0]
-    order = []
-    while ready:
-        i = ready.pop(int(rng.integers(len(ready))))
-        order.append(i)
-        for d in succ[i]:
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                ready.append(d)
-    if len(order) != n:
+    """A topological order drawn at random (``rng``: a numpy Generator). A chain has only one
+    order; branches (inception blocks, residual shortcuts) give many, each a renumbering that
+    leaves the computation unchanged."""
+    order, _ = kahn(preds, rng)
+    if len(order) != len(preds):
         raise GraphError("the graph has a cycle")
     return order
 

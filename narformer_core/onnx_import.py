@@ -48,7 +48,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .graph import ArchGraph, GraphError, from_edges
+from .graph import ArchGraph, GraphError, from_edges, kahn
 from .network_tokenizer import UNKNOWN_ID, get_op_id
 
 MAX_BYTES = 200_000_000      # 200 MB: larger uploads are refused before parsing
@@ -274,20 +274,8 @@ def _sort_nodes(graph, bad: str) -> None:
 
 def _cycle_member(preds: list[list[int]]) -> int:
     # Peel off nodes that lead to no cycle; what is left lies on or behind one.
-    n = len(preds)
-    indeg = [len(set(p)) for p in preds]
-    succ: list[list[int]] = [[] for _ in range(n)]
-    for d, ps in enumerate(preds):
-        for s in set(ps):
-            succ[s].append(d)
-    ready = [i for i in range(n) if indeg[i] == 0]
-    while ready:
-        i = ready.pop()
-        for d in succ[i]:
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                ready.append(d)
-    left = {i for i in range(n) if indeg[i] > 0}
+    _, indeg = kahn(preds)
+    left = {i for i in range(len(preds)) if indeg[i] > 0}
     # Walk predecessors inside the remainder until a node repeats: that node is on a cycle.
     i, seen = min(left), set()
     while i not in seen:
