@@ -109,6 +109,7 @@ def distill(teacher_path: str | Path, run_dir: str | Path, cfg, progress: bool =
     import dataclasses
     import json
 
+    from .cli import selected_checkpoint
     from .predictors import NARFormerPredictor
     from .train import train
 
@@ -125,8 +126,7 @@ def distill(teacher_path: str | Path, run_dir: str | Path, cfg, progress: bool =
     run_dir = Path(run_dir)
     summary = train(cfg, run_dir, resume=False, progress=progress, task=student_task,
                     indices=(unlabelled, val_idx))
-    chosen = run_dir / {"best": "best.pt", "best_ema": "best_ema.pt"}.get(summary["selected"], "latest.pt")
-    ck = torch.load(chosen, map_location="cpu", weights_only=True)
+    ck = torch.load(selected_checkpoint(run_dir, summary), map_location="cpu", weights_only=True)
     ck = {k: v for k, v in ck.items() if k not in ("optimizer", "ema_state_dict", "rng", "rng_ranks")}
     ck["split"] = {"train": torch.from_numpy(np.sort(np.asarray(teacher.meta["train_idx"], dtype=np.int64))),
                    "val": torch.from_numpy(val_idx)}
