@@ -37,13 +37,44 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def build_ensemble(paths: Sequence[str | Path], float16: bool = False) -> dict:
+def quantize_int8(state_dict: dict) -> tuple[dict, dict]:
+    """(weights, scales): every matrix as int8 with one float32 scale per output row (symmetric,
+    max |w| -> 127), every other float tensor as float16. A quarter of the float32 file: eight
+    members of the fast preset fit in 12 MB instead of 46."""
+    q, scales = {}, {}
+    for k, v in state_dict.items():
+        if v.is_floating_point() and v.dim() >= 2:
+            rows = v.float().reshape(v.shape[0], -1)
+            scale = rows.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            q[k] = torch.round(rows / scale[:, None]).to(torch.int8).reshape(v.shape)
+            scales[k] = scale
+        else:
+            q[k] = v.half() if v.is_floating_point() else v
+    return q, scales
+
+
+def dequantize_int8(weights: dict, scales: dict, name: str, error: type[Exception]) -> dict:
+    """The float32 state_dict of :func:`quantize_int8`'s output; malformed scales -> ``error``."""
+    if not isinstance(scales, dict) or not all(isinstance(v, torch.Tensor) for v in scales.values()):
+        raise error(f"{name}: its int8 scales are not a table of tensors")
+    out = dict(weights)
+    for k, scale in scales.items():
+        w = weights.get(k)
+        if not isinstance(w, torch.Tensor) or w.dtype != torch.int8 or scale.shape != (w.shape[0],) \
+                or not bool(torch.isfinite(scale).all()):
+            raise error(f"{name}: int8 tensor {k} does not match its scales (a damaged file?)")
+        out[k] = w.float() * scale.float().reshape(-1, *([1] * (w.dim() - 1)))
+    return out
+
+
+def build_ensemble(paths: Sequence[str | Path], float16: bool = False, int8: bool = False) -> dict:
     """One ensemble checkpoint (a dict for ``torch.save``) from single-run checkpoints.
 
     Each path is loaded and checked like any checkpoint; they must agree on task, split and
     target, else :class:`EnsembleError` names the first one that differs and in what.
     ``float16`` stores the weights at half width (half the file; they load back into float32
-    models): for shipping several members in the repository.
+    models): for shipping several members in the repository. ``int8`` stores matrices at a quarter
+    (:func:`quantize_int8`).
     """
     from .predictors import load_checkpoint
 
@@ -64,7 +95,9 @@ def build_ensemble(paths: Sequence[str | Path], float16: bool = False) -> dict:
                 raise EnsembleError(f"{p} has another {key} than {paths[0]}: members of an ensemble must be "
                                     "trained on one split with one label source and target map")
         member = {k: ck[k] for k in _MEMBER_KEYS if k in ck}
-        if float16:
+        if int8:
+            member["state_dict"], member["int8_scales"] = quantize_int8(ck["state_dict"])
+        elif float16:
             member["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
         members.append({**member, "source": str(p)})
     return {"format": ENSEMBLE_FORMAT, "kind": "ensemble", "members": members,
@@ -79,11 +112,15 @@ def check_members(ck: dict, name: str, error: type[Exception]) -> list[dict]:
         raise error(f"{name}: an ensemble file without a list of members")
     if len(members) > MAX_MEMBERS:
         raise error(f"{name}: {len(members)} members, more than the {MAX_MEMBERS} an ensemble file may hold")
+    out = []
     for i, m in enumerate(members):
         if not isinstance(m, dict) or not isinstance(m.get("model_config"), dict) \
                 or not isinstance(m.get("state_dict"), dict):
             raise error(f"{name}: member {i} has no model config and state_dict")
-    return members
+        if "int8_scales" in m:
+            m = {**m, "state_dict": dequantize_int8(m["state_dict"], m["int8_scales"], f"{name} member {i}", error)}
+        out.append(m)
+    return out
 
 
 def validation_tau(predictor) -> float:

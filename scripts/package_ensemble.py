@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="finished run folders (each with summary.json)")
     ap.add_argument("--dest", default="assets/checkpoints")
     ap.add_argument("--float16", action="store_true", help="store the weights at half width (half the file)")
+    ap.add_argument("--int8", action="store_true", help="store matrices as int8 with a scale per row (a quarter)")
     ap.add_argument("--no-test", action="store_true", help="validation figure only (no whole-space evaluation)")
     a = ap.parse_args()
     summaries, paths = [], []
@@ -43,7 +44,7 @@ def main() -> None:
                           **{k: s.get(k) for k in ("selected", "val_tau", "epochs", "train_seconds")},
                           "metrics": log})      # each member's tau curve ships with the weights
         paths.append(selected_checkpoint(Path(r), s))
-    ck = _on_cpu(build_ensemble(paths, float16=a.float16))
+    ck = _on_cpu(build_ensemble(paths, float16=a.float16, int8=a.int8))
     dest = Path(a.dest)
     dest.mkdir(parents=True, exist_ok=True)
     out = dest / f"{a.name}.pt"
@@ -53,8 +54,8 @@ def main() -> None:
     torch.save(ck, out)
     meta = {"name": a.name,
             "made_by": "python scripts/package_ensemble.py " + " ".join([a.name, *a.runs])
-                       + (" --float16" if a.float16 else ""),
-            "float16": a.float16,
+                       + (" --float16" if a.float16 else "") + (" --int8" if a.int8 else ""),
+            "float16": a.float16, "int8": a.int8,
             "members": summaries,
             "val_tau": ck["val_tau"],
             "member_val_tau_mean": sum(s["val_tau"] for s in summaries) / len(summaries),

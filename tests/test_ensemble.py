@@ -150,3 +150,23 @@ def test_a_distilled_student_keeps_the_teachers_split_and_is_selected_on_true_la
     assert validation_tau(student) == pytest.approx(summary["val_tau"], abs=1e-6)
     res = evaluate_checkpoint(out)
     assert res["n_train"] == 64 and res["n_unseen"] == 15625 - 64 - 32
+
+
+def test_int8_members_take_a_quarter_and_keep_the_ranking(member_runs, tmp_path, nb201_task):
+    from narformer_core.metrics import kendall_tau
+
+    paths = [member_runs["a"] / "best.pt", member_runs["b"] / "best.pt"]
+    torch.save(build_ensemble(paths), tmp_path / "full.pt")
+    torch.save(build_ensemble(paths, int8=True), tmp_path / "q.pt")
+    assert (tmp_path / "q.pt").stat().st_size < 0.4 * (tmp_path / "full.pt").stat().st_size
+    full = NARFormerPredictor.from_checkpoint(tmp_path / "full.pt").predict(nb201_task)
+    q = NARFormerPredictor.from_checkpoint(tmp_path / "q.pt")
+    assert next(q.model.parameters()).dtype == torch.float32
+    assert kendall_tau(q.predict(nb201_task), full) > 0.98
+    # Damaged scales are refused with one sentence.
+    ck = build_ensemble(paths, int8=True)
+    name = next(iter(ck["members"][1]["int8_scales"]))
+    ck["members"][1]["int8_scales"][name] = torch.ones(3)
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=f"member 1: int8 tensor {name} does not match its scales"):
+        NARFormerPredictor.from_checkpoint(tmp_path / "bad.pt")
