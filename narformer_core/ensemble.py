@@ -37,6 +37,10 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _float16(v: torch.Tensor) -> torch.Tensor:
+    return v.half() if v.is_floating_point() else v
+
+
 def quantize_int8(state_dict: dict) -> tuple[dict, dict]:
     """(weights, scales): every matrix as int8 with one float32 scale per output row (symmetric,
     max |w| -> 127), every other float tensor as float16. A quarter of the float32 file: eight
@@ -49,7 +53,7 @@ def quantize_int8(state_dict: dict) -> tuple[dict, dict]:
             q[k] = torch.round(rows / scale[:, None]).to(torch.int8).reshape(v.shape)
             scales[k] = scale
         else:
-            q[k] = v.half() if v.is_floating_point() else v
+            q[k] = _float16(v)
     return q, scales
 
 
@@ -98,7 +102,7 @@ def build_ensemble(paths: Sequence[str | Path], float16: bool = False, int8: boo
         if int8:
             member["state_dict"], member["int8_scales"] = quantize_int8(ck["state_dict"])
         elif float16:
-            member["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+            member["state_dict"] = {k: _float16(v) for k, v in ck["state_dict"].items()}
         members.append({**member, "source": str(p)})
     return {"format": ENSEMBLE_FORMAT, "kind": "ensemble", "members": members,
             "model_config": first["model_config"], "train_config": first.get("train_config", {}),

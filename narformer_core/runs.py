@@ -230,13 +230,11 @@ def _is_run_dir(p: Path) -> bool:
     return p.is_dir() and any((p / f).exists() for f in ("launch.json", "status.json", "config.json"))
 
 
-def read_metrics(run: RunInfo | str | os.PathLike):
-    """The run's metrics.jsonl as a DataFrame (empty, with the usual columns, when there is none).
+def metrics_rows(run: RunInfo | str | os.PathLike) -> list[dict]:
+    """The run's metrics.jsonl as a list of dicts ([] when there is none).
 
     A line being written at this very moment may be incomplete; it is skipped.
     """
-    import pandas as pd
-
     path = Path(run.path if isinstance(run, RunInfo) else run) / "metrics.jsonl"
     rows = []
     try:
@@ -250,7 +248,14 @@ def read_metrics(run: RunInfo | str | os.PathLike):
             rows.append(json.loads(ln))
         except ValueError:
             continue
-    df = pd.DataFrame(rows)
+    return rows
+
+
+def read_metrics(run: RunInfo | str | os.PathLike):
+    """The run's metrics.jsonl as a DataFrame (empty, with the usual columns, when there is none)."""
+    import pandas as pd
+
+    df = pd.DataFrame(metrics_rows(run))
     for c in METRIC_COLUMNS:
         if c not in df.columns:
             df[c] = pd.Series(dtype=float)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from narformer_core.runs import metrics_rows  # noqa: E402
 from narformer_core.cli import PRESETS, evaluate_checkpoint  # noqa: E402
 from narformer_core.ensemble import distill  # noqa: E402
 from narformer_core.train import TrainConfig  # noqa: E402
@@ -53,7 +54,7 @@ def main() -> None:
         meta = {"name": a.package, "made_by": "python scripts/distill_ensemble.py " + " ".join(sys.argv[1:]),
                 **made, "train_config": json.loads((Path(a.out) / "config.json").read_text()),
                 "evaluation": evaluation,
-                "metrics": [json.loads(ln) for ln in (Path(a.out) / "metrics.jsonl").read_text().splitlines() if ln]}
+                "metrics": metrics_rows(a.out)}
         dest.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         print(json.dumps(evaluation, indent=2))
 

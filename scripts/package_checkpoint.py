@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from narformer_core.runs import metrics_rows  # noqa: E402
 from narformer_core.cli import evaluate_checkpoint, selected_checkpoint  # noqa: E402
 from narformer_core.train import _on_cpu  # noqa: E402
 
@@ -47,7 +48,7 @@ def main() -> None:
         "selected_on_validation": summary,
         "train_config": config,
         "evaluation": evaluation,
-        "metrics": [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()],
+        "metrics": metrics_rows(run),
     }
     (dest / f"{a.name}.json").write_text(json.dumps(meta, indent=1))
     print(json.dumps(evaluation, indent=2))

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from narformer_core.runs import metrics_rows  # noqa: E402
 from narformer_core.cli import evaluate_checkpoint, selected_checkpoint  # noqa: E402
 from narformer_core.ensemble import build_ensemble, validation_tau  # noqa: E402
 from narformer_core.predictors import NARFormerPredictor  # noqa: E402
@@ -39,7 +40,7 @@ def main() -> None:
     for r in a.runs:
         s = json.loads((Path(r) / "summary.json").read_text())
         config = json.loads((Path(r) / "config.json").read_text())
-        log = [json.loads(ln) for ln in (Path(r) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        log = metrics_rows(r)
         summaries.append({"run": r, "init_seed": config.get("init_seed"),
                           **{k: s.get(k) for k in ("selected", "val_tau", "epochs", "train_seconds")},
                           "metrics": log})      # each member's tau curve ships with the weights
