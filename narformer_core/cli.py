@@ -38,7 +38,8 @@ def _train_config(args) -> "TrainConfig":
     model.update(_model_overrides(getattr(args, "model_json", None)))
     if getattr(args, "dropout", None) is not None:
         model["dropout"] = args.dropout
-    for k in ("epochs", "batch_size", "lr", "weight_decay", "lambda_rank", "rank_loss", "lambda_cons", "threads"):
+    for k in ("epochs", "batch_size", "lr", "weight_decay", "lambda_rank", "rank_loss", "lambda_cons", "threads",
+              "precision"):
         if getattr(args, k, None) is not None:
             preset[k] = getattr(args, k)
     if getattr(args, "twin_grad", None) is not None:
@@ -103,6 +104,8 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
                    help="backpropagate through the augmented twin (as the paper)")
     p.add_argument("--no-twin-grad", dest="twin_grad", action="store_false")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="training arithmetic: fp32 (default), bf16 autocast, or auto (bf16 where native)")
     p.add_argument("--data-dir", default=None)
 
 

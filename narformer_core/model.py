@@ -59,6 +59,42 @@ class NARFormerConfig:
         return d
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout whose masks are cheap to draw on a CPU.
+
+    On a CPU, ``F.dropout`` draws one Bernoulli variable per element, and that costs 5-7 times the
+    matrix product it follows (scripts/bench_train_step.py --dropout-micro): in the paper-size
+    training step it was the largest single cost. Here each 64-bit random word gives four 16-bit
+    uniforms, so a mask costs a quarter of the draws; the keep probability is (1 - p) rounded to a
+    multiple of 1/65536. Other devices keep ``F.dropout``, which is fast there.
+    """
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    n = x.numel()
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    u16 = words.view(torch.int16)[:n].view(x.shape)          # uniform over -32768..32767
+    keep = u16 >= (round(p * 65536) - 32768)                   # P(keep) = 1 - p
+    return x * (keep.to(x.dtype) * (1.0 / (1.0 - p)))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout with the CPU-friendly masks of ``dropout`` (no parameters: checkpoints unchanged)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Attention(nn.Module):
     """Multi-head attention; self-attention when ``context`` is None."""
 
@@ -76,14 +112,22 @@ class Attention(nn.Module):
         q = self.q(x).view(B, Tq, h, d // h).transpose(1, 2)                    # (B, h, Tq, hs)
         k, v = self.kv(ctx).view(B, Tk, 2, h, d // h).permute(2, 0, 3, 1, 4)     # 2 x (B, h, Tk, hs)
         mask = None if key_mask is None else key_mask[:, None, None, :]          # (B, 1, 1, Tk)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            # Written out so the attention weights get the cheap CPU masks; sequences here are a
+            # few tokens (cells) to a few hundred (networks), where the fused kernel buys little.
+            w = (q @ k.transpose(-2, -1)) * (d // h) ** -0.5                         # (B, h, Tq, Tk)
+            if mask is not None:
+                w = w.masked_fill(~mask, float("-inf"))
+            y = dropout(w.softmax(dim=-1), self.dropout, True) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, Tq, d))
 
 
 class FeedForward(nn.Sequential):
     def __init__(self, d: int, hidden: int, dropout: float):
-        super().__init__(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d))
+        super().__init__(nn.Linear(d, hidden), nn.ReLU(), Dropout(dropout), nn.Linear(hidden, d))
 
 
 class EncoderBlock(nn.Module):
@@ -94,7 +138,7 @@ class EncoderBlock(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, key_mask=None):
         x = x + self.drop(self.attn(self.ln1(x), key_mask=key_mask))
@@ -109,7 +153,7 @@ class FusionBlock(nn.Module):
         self.ln_q, self.ln_ctx, self.ln2 = (nn.LayerNorm(cfg.d_model) for _ in range(3))
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, q, context, key_mask=None):
         q = q + self.drop(self.attn(self.ln_q(q), self.ln_ctx(context), key_mask))
@@ -155,7 +199,7 @@ class NARFormer(nn.Module):
                 self.ln_sum = nn.LayerNorm(d)
                 width += d
             for out in (h, h // 2, h // 4, h // 8):
-                layers += [nn.Linear(width, out), nn.ReLU(), nn.Dropout(cfg.dropout)]
+                layers += [nn.Linear(width, out), nn.ReLU(), Dropout(cfg.dropout)]
                 width = out
             self.head = nn.Sequential(*layers, nn.Linear(width, 1))
         self.apply(self._init)
@@ -180,7 +224,14 @@ class NARFormer(nn.Module):
         memory, prev = x, None
         for stage in self.stages:
             prev = stage(memory, key_mask, prev)                                            # (B, m, d)
-        z = self.ln_f(prev[:, 0])                                                           # (B, d)
+        # The readout and head run in float32 even under bfloat16 autocast: bf16 keeps 8 bits of
+        # mantissa, which would round the outputs of thousands of cells onto a few hundred values
+        # (ties in every ranking) and quantise the differences the ranking loss learns from.
+        with torch.autocast(x.device.type, enabled=False):
+            return self._readout(prev[:, 0].float(), memory.float(), mask, static)
+
+    def _readout(self, last, memory, mask, static):
+        z = self.ln_f(last)                                                                 # (B, d)
         if self.cfg.head == "accuracy":
             return torch.sigmoid(self.head(z)).squeeze(-1)
         if self.cfg.readout == "token+sum":
@@ -190,7 +241,7 @@ class NARFormer(nn.Module):
             raise ValueError(f"this latency model expects {self.cfg.static_dim} static feature values "
                              f"per architecture, got {got}")
         if static is not None:
-            z = torch.cat([z, static], dim=-1)
+            z = torch.cat([z, static.float()], dim=-1)
         return self.head(z).squeeze(-1)
 
     def _node_sum(self, memory, mask):

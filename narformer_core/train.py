@@ -68,6 +68,10 @@ class TrainConfig:
     test_every: int = 0              # epochs between test-set tau logs (reporting only, never selection)
     save_every_s: float = 60.0       # seconds between latest.pt saves (also saved at the end / on stop)
     device: str = "auto"
+    # Arithmetic of the forward and backward passes: "fp32", or "bf16" (autocast: matrix products
+    # in bfloat16, weights, optimiser and losses in float32), or "auto" (bf16 where the hardware
+    # computes it natively, see bf16_is_native). Validation always predicts in float32.
+    precision: str = "fp32"
     threads: int = 0                 # torch intra-op threads (0: torch's default)
     data_dir: str | None = None
     model: dict = field(default_factory=dict)   # NARFormerConfig overrides
@@ -80,6 +84,35 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """True where bfloat16 matrix products run in hardware (AVX512-BF16 or AMX CPUs, recent GPUs).
+
+    Elsewhere autocast to bfloat16 still works but is emulated, and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if bf16_is_native(device) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the model runs under for a resolved precision ("fp32" or "bf16")."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -110,12 +143,16 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 @torch.no_grad()
 def predict_tokens(model: NARFormer, depth: torch.Tensor, nodes: torch.Tensor, mask: torch.Tensor | None,
-                   batch: int = 512) -> np.ndarray:
-    """Predictions (model units) for pre-tokenized architectures, in chunks that stay in cache."""
+                   batch: int = 512, precision: str = "fp32") -> np.ndarray:
+    """Predictions (model units) for pre-tokenized architectures, in chunks that stay in cache.
+
+    ``precision`` "bf16" (or "auto" where bf16 is native) runs the matrix products in bfloat16:
+    several times faster on such CPUs, with rankings that move a little (README, Speed)."""
     was = model.training
     model.eval()
     out = []
-    with torch.inference_mode():
+    prec = resolve_precision(precision, depth.device)
+    with torch.inference_mode(), autocast(prec, depth.device):
         for i in range(0, depth.shape[0], batch):
             m = None if mask is None else mask[i:i + batch]
             out.append(model(depth[i:i + batch], nodes[i:i + batch], m).float().cpu())
@@ -235,6 +272,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
         torch.set_num_threads(distributed.threads_per_process(dd.world_size))
     device = pick_device(cfg.device)
     dd, device = distributed.init(dd, device)
+    precision = resolve_precision(cfg.precision, device)
     task = task or load_task(cfg.space, cfg.labels, cfg.test_labels, cfg.data_dir)
     cfg.labels, cfg.test_labels = task.labels, task.test_labels
     if indices is None:
@@ -286,6 +324,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
         distributed.broadcast_module(ema, dd)
     if dd.is_main:
         extra = {"distributed": {"world_size": dd.world_size, "backend": dd.backend}} if dd.enabled else {}
+        extra["precision_used"] = precision      # what "auto" became on this machine
         (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict(), **extra},
                                                         indent=2))
 
@@ -356,15 +395,17 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                 bi_t = torch.from_numpy(bi).to(device)
                 d, n = tr_depth[bi_t], tr_nodes[bi_t]
                 m = None if tr_mask is None else tr_mask[bi_t]
-                if cfg.twin_grad and tw_mask is None and m is None:
-                    out = model(torch.cat([d, tw_depth]), torch.cat([n, tw_nodes]))
-                    pred, pred_twin = out.chunk(2)
-                elif cfg.twin_grad:
-                    pred, pred_twin = model(d, n, m), model(tw_depth, tw_nodes, tw_mask)
-                else:
-                    pred = model(d, n, m)
-                    with torch.no_grad():
-                        pred_twin = model(tw_depth, tw_nodes, tw_mask)
+                with autocast(precision, device):
+                    if cfg.twin_grad and tw_mask is None and m is None:
+                        out = model(torch.cat([d, tw_depth]), torch.cat([n, tw_nodes]))
+                        pred, pred_twin = out.chunk(2)
+                    elif cfg.twin_grad:
+                        pred, pred_twin = model(d, n, m), model(tw_depth, tw_nodes, tw_mask)
+                    else:
+                        pred = model(d, n, m)
+                        with torch.no_grad():
+                            pred_twin = model(tw_depth, tw_nodes, tw_mask)
+                pred, pred_twin = pred.float(), pred_twin.float()      # losses in float32
                 mse, rank, cons = loss_terms(pred, pred_twin, y_tr[bi_t], gen, pairs,
                                              cfg.rank_loss, cfg.rank_scale)
                 loss = mse + cfg.lambda_rank * rank + cfg.lambda_cons * cons

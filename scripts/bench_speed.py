@@ -1,7 +1,13 @@
 """Speed of the accuracy pipeline on this machine: tokenize + predict all 15,625 NB201 cells, and
-training throughput (training architectures per second, the "pairs/s" of the issue) per preset.
+training throughput (training architectures per second, the "pairs/s" of the issue) per preset,
+each in float32 and in bfloat16 autocast (--precisions).
 
-    python scripts/bench_speed.py [--repeats 3] [--train-epochs 2] [--json]
+    python scripts/bench_speed.py [--repeats 3] [--train-epochs 2] [--precisions fp32,bf16]
+                                  [--checkpoint assets/checkpoints/nb201-781.pt ...] [--json]
+
+With --checkpoint, each shipped checkpoint also predicts all cells in every precision, and the
+Kendall tau between its float32 and bfloat16 predictions says how much the faster arithmetic
+reorders the ranking (1.0: not at all).
 
 Figures are medians over repeats; the spread (min..max) is printed beside them because timings on
 a shared machine drift with load.
@@ -9,6 +15,7 @@ a shared machine drift with load.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -26,7 +33,9 @@ from narformer_core.cli import PRESETS  # noqa: E402
 from narformer_core.model import NARFormer, NARFormerConfig  # noqa: E402
 from narformer_core.spaces import nb201  # noqa: E402
 from narformer_core.tokenizer import tokenize_cells  # noqa: E402
-from narformer_core.train import TrainConfig, predict_tokens, train  # noqa: E402
+from narformer_core.metrics import kendall_tau  # noqa: E402
+from narformer_core.predictors import NARFormerPredictor  # noqa: E402
+from narformer_core.train import TrainConfig, bf16_is_native, predict_tokens, train  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -38,15 +47,37 @@ def timed(fn, repeats):
     return out, {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
+def checkpoint_speed(path: str, cells, precisions: list[str], repeats: int) -> dict:
+    """Tokenize + predict all cells with a shipped checkpoint, per precision (members summed for ensembles)."""
+    predictor = NARFormerPredictor.from_checkpoint(path)
+    out, preds = {"params": predictor.model.n_params()}, {}
+    for prec in precisions:
+        def run():
+            tk = tokenize_cells(nb201.op_id_matrix(cells), nb201.adjacency(), scheme=predictor.scheme)
+            return predict_tokens(predictor.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), None,
+                                  precision=prec)
+        preds[prec], out[f"tokenize_plus_predict_{prec}"] = timed(run, repeats)
+    if "fp32" in preds:
+        for prec in preds:
+            if prec != "fp32":
+                out[f"tau_fp32_vs_{prec}"] = round(kendall_tau(preds["fp32"], preds[prec]), 4)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-epochs", type=int, default=2)
     ap.add_argument("--train-size", type=int, default=781)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--checkpoint", action="append", default=[], help="also time this checkpoint (repeatable)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    res = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
+    res = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "bf16_native": bf16_is_native(torch.device("cpu"))}
 
     cells = nb201.enumerate_all()
     tk, res["tokenize_all"] = timed(lambda: tokenize_cells(nb201.op_id_matrix(cells), nb201.adjacency()), a.repeats)
@@ -54,21 +85,29 @@ def main() -> None:
     model = NARFormer(NARFormerConfig()).eval()
     res["model_params"] = model.n_params()
     depth, nodes = torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes)
-    _, res["predict_all"] = timed(lambda: predict_tokens(model, depth, nodes, None), a.repeats)
-    res["tokenize_plus_predict_median_s"] = res["tokenize_all"]["median_s"] + res["predict_all"]["median_s"]
+    for prec in precisions:
+        _, res[f"predict_all_{prec}"] = timed(lambda: predict_tokens(model, depth, nodes, None, precision=prec),
+                                              a.repeats)
+        res[f"tokenize_plus_predict_{prec}_median_s"] = (res["tokenize_all"]["median_s"]
+                                                        + res[f"predict_all_{prec}"]["median_s"])
+    for path in a.checkpoint:
+        res[f"checkpoint {path}"] = checkpoint_speed(path, cells, precisions, a.repeats)
 
     if not a.skip_train:
         # The paper's model size (4.04 M parameters, dropout 0.1) trained with the fast protocol
         # (batch 64, no gradient through the twin): the throughput the issue asks for at that size.
         paper_model_fast = {**PRESETS["fast"], "model": {"dropout": PRESETS["paper"]["model"]["dropout"]}}
-        for name, preset in [*PRESETS.items(), ("paper_model_fast_protocol", paper_model_fast)]:
+        for (name, preset), prec in itertools.product(
+                [*PRESETS.items(), ("paper_model_fast_protocol", paper_model_fast)], precisions):
             p = dict(preset)
             model_kw = p.pop("model")
             p["epochs"] = a.train_epochs
-            cfg = TrainConfig(labels="analog", train_size=a.train_size, model=model_kw, save_every_s=1e9, **p)
+            cfg = TrainConfig(labels="analog", train_size=a.train_size, model=model_kw, save_every_s=1e9,
+                              precision=prec, **p)
             with tempfile.TemporaryDirectory() as d:
                 s = train(cfg, d, resume=False, progress=False)
-            res[f"train_{name}"] = {"pairs_per_s": round(a.train_size * a.train_epochs / s["train_seconds"], 1),
+            res[f"train_{name}_{prec}"] = {
+                                    "pairs_per_s": round(a.train_size * a.train_epochs / s["train_seconds"], 1),
                                     "seconds_per_epoch": round(s["train_seconds"] / a.train_epochs, 2),
                                     "batch_size": p["batch_size"], "twin_grad": p["twin_grad"],
                                     "dropout": model_kw.get("dropout"),
