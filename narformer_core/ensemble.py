@@ -7,7 +7,12 @@ share the split, the label source, the token scheme and the target map: their ou
 averaged in target units, which only means the same thing under one target map.
 
     ck = build_ensemble([run1 / "best_ema.pt", run2 / "best.pt", ...])
-    torch.save(ck, "nb201-1563-ensemble.pt")
+    save_ensemble(ck, "nb201-1563-ensemble.pt")
+
+Large ensembles are saved across files: ``save_ensemble`` keeps each file under a size (the
+repository ships no file over 20 MB) by moving members into part files ``NAME.pt.part2``, ... beside
+the main file, which lists each part's name and SHA-256; the loader checks both before it reads a
+part (``load_member_files``). Since the main file holds the parts' hashes, its own hash pins them all.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import numpy as np
 import torch
 
 ENSEMBLE_FORMAT = "narformer-ensemble-1"
+PART_FORMAT = "narformer-ensemble-part-1"
+MAX_FILE_BYTES = 18_000_000   # per file when saving: under the repository's 20 MB limit with room
 MAX_MEMBERS = 64          # a doctored file cannot ask for thousands of models
 _MEMBER_KEYS = ("model_config", "state_dict", "kind", "epoch", "val_tau", "train_config")
 
@@ -90,23 +97,115 @@ def build_ensemble(paths: Sequence[str | Path], float16: bool = False, int8: boo
     members, first = [], None
     for p in paths:
         _, ck = load_checkpoint(p)
-        if ck.get("format") == ENSEMBLE_FORMAT:
-            raise EnsembleError(f"{p} is itself an ensemble; list its runs' checkpoints instead")
         if first is None:
             first = ck
         for key in ("task", "split", "target"):
             if not _same(ck.get(key), first.get(key)):
                 raise EnsembleError(f"{p} has another {key} than {paths[0]}: members of an ensemble must be "
                                     "trained on one split with one label source and target map")
-        member = {k: ck[k] for k in _MEMBER_KEYS if k in ck}
-        if int8:
-            member["state_dict"], member["int8_scales"] = quantize_int8(ck["state_dict"])
-        elif float16:
-            member["state_dict"] = {k: _float16(v) for k, v in ck["state_dict"].items()}
-        members.append({**member, "source": str(p)})
+        if ck.get("format") == ENSEMBLE_FORMAT:
+            # An ensemble contributes its members (float32 again; re-quantizing int8 weights gives
+            # back the same integers, since each row's largest value sets its scale).
+            sources = [(m, f"{p}#member{i}" if "source" not in m else f"{m['source']} (via {p.name})")
+                       for i, m in enumerate(check_members(ck, p.name, EnsembleError))]
+        else:
+            sources = [(ck, str(p))]
+        for src, name in sources:
+            member = {k: src[k] for k in _MEMBER_KEYS if k in src}
+            if int8:
+                member["state_dict"], member["int8_scales"] = quantize_int8(src["state_dict"])
+            elif float16:
+                member["state_dict"] = {k: _float16(v) for k, v in src["state_dict"].items()}
+            members.append({**member, "source": name})
+    if len(members) > MAX_MEMBERS:
+        raise EnsembleError(f"at most {MAX_MEMBERS} members, got {len(members)}")
     return {"format": ENSEMBLE_FORMAT, "kind": "ensemble", "members": members,
             "model_config": first["model_config"], "train_config": first.get("train_config", {}),
             "task": first["task"], "split": first["split"], "target": first.get("target")}
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def save_ensemble(ck: dict, out: str | Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[Path]:
+    """Save an ensemble, its members spread over ``out`` and part files so no file passes
+    ``max_file_bytes`` (unless one member alone does). Returns the files written, main file first.
+
+    Part files from an earlier save of the same name that this one does not use are removed, so
+    the folder never holds parts that no main file lists."""
+    import hashlib
+
+    out = Path(out)
+    header = {k: v for k, v in ck.items() if k not in ("members", "member_files")}
+    budget = max_file_bytes - _nbytes(header) - 1_000_000          # room for the pickle's own bytes
+    groups: list[list[dict]] = [[]]
+    used = 0
+    for m in ck["members"]:
+        size = _nbytes(m)
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(m)
+        used += size
+    written, parts = [], []
+    for k, group in enumerate(groups[1:], start=2):
+        part = out.with_name(f"{out.name}.part{k}")
+        torch.save({"format": PART_FORMAT, "members": group}, part)
+        parts.append({"file": part.name, "sha256": hashlib.sha256(part.read_bytes()).hexdigest(),
+                      "members": len(group)})
+        written.append(part)
+    for stale in out.parent.glob(f"{out.name}.part*"):
+        if stale not in written:
+            stale.unlink()
+    main = {**header, "members": groups[0]}
+    if parts:
+        main["member_files"] = parts
+    torch.save(main, out)
+    return [out, *written]
+
+
+def load_member_files(ck: dict, path: Path, error: type[Exception]) -> None:
+    """Append to ``ck["members"]`` the members kept in the part files the main file lists.
+
+    Each part must be a plain file name beside the main file (no folders: a doctored main file
+    cannot point anywhere else), match its recorded SHA-256, and be a part file; it is read with
+    weights_only=True like every checkpoint."""
+    import hashlib
+    import re
+
+    from .predictors import load_weights_only
+
+    entries = ck.get("member_files", [])
+    if not isinstance(entries, list) or len(entries) > MAX_MEMBERS:
+        raise error(f"{path.name}: its list of part files is malformed")
+    for e in entries:
+        name = e.get("file") if isinstance(e, dict) else None
+        digest = e.get("sha256") if isinstance(e, dict) else None
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+\.part\d+", name) or ".." in name \
+                or not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise error(f"{path.name}: its list of part files names {name!r}, which is not a part file name")
+        part = path.with_name(name)
+        if not part.is_file():
+            raise error(f"{path.name} keeps some of its members in {name}, which is not beside it: copy the "
+                        f"part files ({path.name}.part*) together with the main file")
+        if hashlib.sha256(part.read_bytes()).hexdigest() != digest:
+            raise error(f"{name} does not match the SHA-256 that {path.name} records for it (damaged, or from "
+                        "another save of the ensemble)")
+        got = load_weights_only(part, error)
+        if not isinstance(got, dict) or got.get("format") != PART_FORMAT or not isinstance(got.get("members"), list):
+            raise error(f"{name} is not a part file of an ensemble (expected format {PART_FORMAT})")
+        if not isinstance(ck.get("members"), list):
+            raise error(f"{path.name}: an ensemble file without a list of members")
+        ck["members"] = ck["members"] + got["members"]
+        if len(ck["members"]) > MAX_MEMBERS:
+            raise error(f"{path.name}: more than the {MAX_MEMBERS} members an ensemble may hold")
 
 
 def check_members(ck: dict, name: str, error: type[Exception]) -> list[dict]:

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ensemble import ENSEMBLE_FORMAT, check_members
+from .ensemble import ENSEMBLE_FORMAT, check_members, load_member_files
 from .graph import ArchGraph, GraphError
 from .model import NARFormer, NARFormerConfig, NARFormerEnsemble
 from .targets import TargetMap
@@ -154,6 +154,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[NARFormer, d
                               f"or {ENSEMBLE_FORMAT})")
     if is_ensemble:
         # The first member's config and weights stand in for the top-level tables checked below.
+        load_member_files(ck, path, CheckpointError)
         members = check_members(ck, path.name, CheckpointError)
         ck.setdefault("state_dict", members[0]["state_dict"])
     # The keys the loader and from_checkpoint read, checked here: a doctored or foreign file gets

@@ -170,3 +170,57 @@ def test_int8_members_take_a_quarter_and_keep_the_ranking(member_runs, tmp_path,
     torch.save(ck, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=f"member 1: int8 tensor {name} does not match its scales"):
         NARFormerPredictor.from_checkpoint(tmp_path / "bad.pt")
+
+
+def test_large_ensembles_are_saved_across_part_files_and_load_whole(member_runs, tmp_path, nb201_task):
+    from narformer_core.ensemble import save_ensemble
+
+    paths = [member_runs["a"] / "best.pt", member_runs["b"] / "best.pt", member_runs["a"] / "best_ema.pt"]
+    ck = build_ensemble(paths)
+    torch.save(ck, tmp_path / "one.pt")
+    one_file = (tmp_path / "one.pt").stat().st_size
+    files = save_ensemble(ck, tmp_path / "split.pt", max_file_bytes=one_file // 2)
+    assert [f.name for f in files] == ["split.pt", "split.pt.part2", "split.pt.part3"]
+    assert all(f.stat().st_size < one_file * 0.6 for f in files)
+    whole = NARFormerPredictor.from_checkpoint(tmp_path / "one.pt")
+    parts = NARFormerPredictor.from_checkpoint(tmp_path / "split.pt")
+    assert len(parts.model.members) == 3
+    np.testing.assert_array_equal(parts.predict(nb201_task), whole.predict(nb201_task))
+    # Saving again in one file removes the parts that no main file lists any more.
+    assert save_ensemble(ck, tmp_path / "split.pt") == [tmp_path / "split.pt"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["one.pt", "split.pt"]
+
+
+def test_missing_damaged_or_escaping_part_files_get_one_sentence(member_runs, tmp_path):
+    from narformer_core.ensemble import save_ensemble
+
+    ck = build_ensemble([member_runs["a"] / "best.pt", member_runs["b"] / "best.pt"])
+    save_ensemble(ck, tmp_path / "e.pt", max_file_bytes=1)       # one member per file
+    part = tmp_path / "e.pt.part2"
+    data = part.read_bytes()
+    part.write_bytes(data[:-10] + b"0123456789")
+    with pytest.raises(CheckpointError, match="does not match the SHA-256 that e.pt records"):
+        NARFormerPredictor.from_checkpoint(tmp_path / "e.pt")
+    part.unlink()
+    with pytest.raises(CheckpointError, match=r"keeps some of its members in e.pt.part2, which is not beside it"):
+        NARFormerPredictor.from_checkpoint(tmp_path / "e.pt")
+    main = torch.load(tmp_path / "e.pt", weights_only=True)
+    main["member_files"][0]["file"] = "../elsewhere.pt.part2"
+    torch.save(main, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="not a part file name"):
+        NARFormerPredictor.from_checkpoint(tmp_path / "bad.pt")
+
+
+def test_an_ensemble_source_adds_all_its_members(member_runs, tmp_path, nb201_task):
+    a, b = member_runs["a"] / "best.pt", member_runs["b"] / "best.pt"
+    torch.save(build_ensemble([a, b], int8=True), tmp_path / "ab.pt")
+    merged = build_ensemble([tmp_path / "ab.pt", member_runs["a"] / "best_ema.pt"], int8=True)
+    assert len(merged["members"]) == 3
+    assert merged["members"][0]["source"] == f"{a} (via ab.pt)"
+    # Re-quantizing int8 weights gives back the same integers: merging loses nothing more.
+    src = torch.load(tmp_path / "ab.pt", weights_only=True)["members"][1]["state_dict"]
+    for k, v in src.items():
+        if v.dtype == torch.int8:
+            assert torch.equal(merged["members"][1]["state_dict"][k], v)
+    with pytest.raises(EnsembleError, match="another split"):
+        build_ensemble([tmp_path / "ab.pt", member_runs["other_split"] / "best.pt"])
