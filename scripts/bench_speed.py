@@ -5,9 +5,9 @@ each in float32 and in bfloat16 autocast (--precisions).
     python scripts/bench_speed.py [--repeats 3] [--train-epochs 2] [--precisions fp32,bf16]
                                   [--checkpoint assets/checkpoints/nb201-781.pt ...] [--json]
 
-With --checkpoint, each shipped checkpoint also predicts all cells in every precision, and the
-Kendall tau between its float32 and bfloat16 predictions says how much the faster arithmetic
-reorders the ranking (1.0: not at all).
+With --checkpoint, each shipped checkpoint also predicts all cells in every precision: its
+Kendall tau against its labels in each, and between its float32 and bfloat16 predictions, say how
+much the faster arithmetic reorders the ranking (1.0: not at all).
 
 Figures are medians over repeats; the spread (min..max) is printed beside them because timings on
 a shared machine drift with load.
@@ -57,10 +57,11 @@ def checkpoint_speed(path: str, cells, precisions: list[str], repeats: int) -> d
             return predict_tokens(predictor.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), None,
                                   precision=prec)
         preds[prec], out[f"tokenize_plus_predict_{prec}"] = timed(run, repeats)
-    if "fp32" in preds:
-        for prec in preds:
-            if prec != "fp32":
-                out[f"tau_fp32_vs_{prec}"] = round(kendall_tau(preds["fp32"], preds[prec]), 4)
+    labels = predictor.task().y               # the checkpoint's own label source, all cells
+    for prec, pred in preds.items():
+        out[f"kendall_tau_all_{prec}"] = round(kendall_tau(pred, labels), 4)
+        if prec != "fp32" and "fp32" in preds:
+            out[f"tau_fp32_vs_{prec}"] = round(kendall_tau(preds["fp32"], pred), 4)
     return out
 
 

@@ -1,0 +1,31 @@
+"""The speed benchmarks run and report what they claim to (their figures are for benchmarks, not tests)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_train_step_benchmark_reports_every_variant_against_the_reference():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "scripts/bench_train_step.py", "--steps", "1", "--batch", "4",
+                          "--variants", "reference,masks,bf16", "--json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert [r["variant"] for r in res["steps"]] == ["reference", "masks", "bf16"]
+    for r in res["steps"]:
+        assert r["pairs_per_s"] > 0 and r["min_step_s"] <= r["median_step_s"] <= r["max_step_s"]
+    assert res["steps"][0]["x_reference"] == 1.0
+    assert isinstance(res["bf16_native"], bool)
+
+
+def test_train_step_benchmark_refuses_an_unknown_variant():
+    out = subprocess.run([sys.executable, "scripts/bench_train_step.py", "--variants", "fp8"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown variants ['fp8']" in out.stderr
