@@ -202,6 +202,16 @@ def test_model_overrides_reach_the_command_line(fake):
         runs.start_run(runs.RunSpec(model={"width": 3}), "bad-model")
 
 
+def test_precision_reaches_the_command_line(fake):
+    info = runs.start_run(runs.RunSpec(epochs=1, precision="bf16"), "halfwidth")
+    cmd = __import__("json").loads((info.path / "launch.json").read_text())["command"]
+    assert cmd[cmd.index("--precision") + 1] == "bf16"
+    plain = runs.start_run(runs.RunSpec(epochs=1), "fullwidth")
+    assert "--precision" not in __import__("json").loads((plain.path / "launch.json").read_text())["command"]
+    with pytest.raises(runs.RunError, match="precision must be fp32, bf16 or auto, not 'fp16'"):
+        runs.start_run(runs.RunSpec(precision="fp16"), "badprec")
+
+
 def test_threads_reach_the_training_process(fake, tmp_path, monkeypatch):
     script = tmp_path / "env_probe.py"
     script.write_text("import os\nprint('threads', os.environ.get('OMP_NUM_THREADS'), flush=True)\n")
