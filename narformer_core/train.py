@@ -141,6 +141,24 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_add_(e, m, alpha=1.0 - decay)
 
 
+def predict_cells(model: NARFormer, op_ids: np.ndarray, adj: np.ndarray, n_nodes: np.ndarray | None = None,
+                  scheme: str = "nerf", batch: int = 1024, precision: str = "fp32") -> np.ndarray:
+    """Tokenize and predict cells one chunk at a time (model units, CPU).
+
+    The whole of NB201 tokenized at once is 108 MB of float32 that is written, read once and
+    freed; chunks of ``batch`` cells stay small enough to be cheap to allocate and fill. This is
+    the fast path for "every cell of a space" (scripts/bench_speed.py)."""
+    op_ids, adj = np.asarray(op_ids), np.asarray(adj)
+    out = []
+    for i in range(0, len(op_ids), batch):
+        tk = tokenize_cells(op_ids[i:i + batch], adj if adj.ndim == 2 else adj[i:i + batch],
+                            None if n_nodes is None else np.asarray(n_nodes)[i:i + batch], scheme=scheme)
+        mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
+        out.append(predict_tokens(model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), mask,
+                                  batch=batch, precision=precision))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
 @torch.no_grad()
 def predict_tokens(model: NARFormer, depth: torch.Tensor, nodes: torch.Tensor, mask: torch.Tensor | None,
                    batch: int = 512, precision: str = "fp32") -> np.ndarray:

@@ -35,7 +35,7 @@ from narformer_core.spaces import nb201  # noqa: E402
 from narformer_core.tokenizer import tokenize_cells  # noqa: E402
 from narformer_core.metrics import kendall_tau  # noqa: E402
 from narformer_core.predictors import NARFormerPredictor  # noqa: E402
-from narformer_core.train import TrainConfig, bf16_is_native, predict_tokens, train  # noqa: E402
+from narformer_core.train import TrainConfig, bf16_is_native, predict_cells, predict_tokens, train  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -52,11 +52,17 @@ def checkpoint_speed(path: str, cells, precisions: list[str], repeats: int) -> d
     predictor = NARFormerPredictor.from_checkpoint(path)
     out, preds = {"params": predictor.model.n_params()}, {}
     for prec in precisions:
-        def run():
+        def whole():          # tokenize the space, then predict it
             tk = tokenize_cells(nb201.op_id_matrix(cells), nb201.adjacency(), scheme=predictor.scheme)
             return predict_tokens(predictor.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), None,
                                   precision=prec)
-        preds[prec], out[f"tokenize_plus_predict_{prec}"] = timed(run, repeats)
+
+        def chunked():        # tokenize and predict 1,024 cells at a time (train.predict_cells)
+            return predict_cells(predictor.model, nb201.op_id_matrix(cells), nb201.adjacency(),
+                                 scheme=predictor.scheme, precision=prec)
+        preds[prec], out[f"tokenize_plus_predict_{prec}"] = timed(whole, repeats)
+        chunk_pred, out[f"chunked_tokenize_plus_predict_{prec}"] = timed(chunked, repeats)
+        out[f"chunked_max_abs_diff_{prec}"] = float(np.abs(chunk_pred - preds[prec]).max())
     labels = predictor.task().y               # the checkpoint's own label source, all cells
     for prec, pred in preds.items():
         out[f"kendall_tau_all_{prec}"] = round(kendall_tau(pred, labels), 4)

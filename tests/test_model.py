@@ -223,3 +223,19 @@ def test_written_out_training_attention_matches_the_fused_kernel_without_dropout
     att.dropout = 1e-9                                    # selects the written-out path
     written = att.train()(x, ctx, mask)
     torch.testing.assert_close(written, fused, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_under_bf16_autocast_is_written_out_and_close_to_float32():
+    from narformer_core.model import Attention
+
+    torch.manual_seed(0)
+    att = Attention(16, 4, dropout=0.0).eval()
+    x, ctx = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    with torch.no_grad():
+        fp32 = att(x, ctx, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = att(x, ctx, mask)
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), fp32, atol=0.03, rtol=0.03)

@@ -231,3 +231,17 @@ def test_bf16_prediction_ranks_like_fp32(tiny_run, nb201_task):
     fp32, bf16 = predict_tokens(model, *args), predict_tokens(model, *args, precision="bf16")
     assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)   # it did run in bf16
     assert kendall_tau(fp32, bf16) > 0.9
+
+
+def test_chunked_tokenize_and_predict_equals_the_whole_space_at_once(tiny_run, nb201_task):
+    from narformer_core.tokenizer import tokenize_cells
+    from narformer_core.train import predict_cells, predict_tokens
+
+    ck = torch.load(tiny_run[0] / "best.pt", weights_only=True)
+    model = NARFormer(NARFormerConfig(**ck["model_config"]))
+    model.load_state_dict(ck["state_dict"])
+    ops = nb201_task.ops[:2500]
+    tk = tokenize_cells(ops, nb201_task.adj)
+    whole = predict_tokens(model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), None)
+    np.testing.assert_allclose(predict_cells(model, ops, nb201_task.adj, batch=1000), whole, rtol=1e-5, atol=1e-6)
+    assert predict_cells(model, ops[:0], nb201_task.adj).shape == (0,)
