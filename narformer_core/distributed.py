@@ -97,10 +97,18 @@ def init(d: Dist, device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(d.rank, d.world_size, d.local_rank, backend, owns, comm), device
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, synchronise: bool = True) -> None:
+    """Leave the process group. ``synchronise=False`` on the error path: the other ranks may be
+    waiting in a collective this rank will never join, and a barrier there could hang."""
     import torch.distributed as dist
 
     if d.owns_group and dist.is_initialized():
+        # Every rank reaches this point before any tears its connections down: without the
+        # barrier a rank that destroyed its group first could close sockets that the other
+        # rank's gloo threads still served, which aborted that process now and then
+        # ("terminate called without an active exception", exit -6; 2 runs in 6 of the test).
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 

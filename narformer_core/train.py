@@ -498,7 +498,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
         if dd.is_main:
             write_status(run_dir, "failed" if not isinstance(e, KeyboardInterrupt) else "stopped",
                          epoch=epoch + 1, epochs=cfg.epochs, message=f"{type(e).__name__}: {e}")
-        distributed.shutdown(dd)
+        distributed.shutdown(dd, synchronise=False)
         raise
     finally:
         if bar:
