@@ -109,12 +109,15 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
 
 
-def evaluate_checkpoint(path, labels=None, test_labels=None, data_dir=None) -> dict:
-    """Kendall's tau of a checkpoint: on all architectures and on the unseen ones."""
+def evaluate_checkpoint(path, labels=None, test_labels=None, data_dir=None, precision: str = "fp32") -> dict:
+    """Kendall's tau of a checkpoint: on all architectures and on the unseen ones.
+
+    ``precision`` "bf16" predicts under bfloat16 autocast (faster where native; README, Speed)."""
     from .metrics import kendall_tau
     from .predictors import NARFormerPredictor
 
     pred = NARFormerPredictor.from_checkpoint(path)
+    pred.precision = precision
     task = pred.task(labels, test_labels, data_dir)
     t0 = time.perf_counter()
     p = pred.predict(task)
@@ -129,7 +132,7 @@ def evaluate_checkpoint(path, labels=None, test_labels=None, data_dir=None) -> d
            "n_test": int(ok.sum()), "n_unseen": int((ok & ~seen).sum()),
            "n_train": int(len(pred.meta["train_idx"])), "n_val": int(len(pred.meta["val_idx"])),
            "checkpoint_kind": pred.meta.get("kind"), "epoch": pred.meta.get("epoch"),
-           "val_tau": pred.meta.get("val_tau"), "predict_seconds": round(predict_s, 3)}
+           "val_tau": pred.meta.get("val_tau"), "predict_seconds": round(predict_s, 3), "precision": precision}
     if task.space == "nb201":
         # Cross-source figures: the same predictions against other measurements of accuracy.
         from .data import DataUnavailable
@@ -158,7 +161,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    res = evaluate_checkpoint(args.checkpoint, args.labels, args.test_labels, args.data_dir)
+    res = evaluate_checkpoint(args.checkpoint, args.labels, args.test_labels, args.data_dir, args.precision)
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 
@@ -215,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="override the checkpoint's label source")
     p.add_argument("--test-labels", default=None)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="prediction arithmetic (bf16: faster where the CPU has it natively)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -202,6 +202,9 @@ class NARFormerPredictor(AccuracyPredictor):
         self.model, self.meta, self.scheme, self.device = model, meta or {}, scheme, device
         self.train_kwargs = train_kwargs or {}
         self._cache: dict = {}
+        # Arithmetic of predict/predict_graphs: "fp32" (default; what every shipped figure used),
+        # "bf16" or "auto" (train.resolve_precision).
+        self.precision = "fp32"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "NARFormerPredictor":
@@ -253,20 +256,21 @@ class NARFormerPredictor(AccuracyPredictor):
     def predict(self, task: AccuracyTask, idx: np.ndarray | None = None) -> np.ndarray:
         from .train import predict_tokens
 
-        key = (task.space, task.labels, len(task))
+        key = (task.space, task.labels, len(task), self.precision)
         if key not in self._cache and idx is not None and len(idx) <= len(task) // 8:
             # A few cells of a model that may never be asked again (a search guide, retrained
             # every round): predict just those instead of the whole space.
             i = np.asarray(idx, dtype=np.int64)
             tk = task.tokens(self.scheme)
             mask = None if tk.mask[i].all() else torch.from_numpy(tk.mask[i])
-            raw = predict_tokens(self.model, torch.from_numpy(tk.depth[i]), torch.from_numpy(tk.nodes[i]), mask)
+            raw = predict_tokens(self.model, torch.from_numpy(tk.depth[i]), torch.from_numpy(tk.nodes[i]), mask,
+                                 precision=self.precision)
             return _finite(self.to_percent(raw), self.meta.get("path"))
         if key not in self._cache:
             tk = task.tokens(self.scheme)
             mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
             self._cache[key] = predict_tokens(self.model, torch.from_numpy(tk.depth),
-                                              torch.from_numpy(tk.nodes), mask)
+                                              torch.from_numpy(tk.nodes), mask, precision=self.precision)
         out = _finite(self.to_percent(self._cache[key]), self.meta.get("path"))
         return out if idx is None else out[np.asarray(idx)]
 
@@ -280,6 +284,7 @@ class NARFormerPredictor(AccuracyPredictor):
                              f"{sorted({g.space for g in graphs})}")
         tk = tokenize_graphs(graphs, self.scheme)
         mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
-        raw = predict_tokens(self.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), mask)
+        raw = predict_tokens(self.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), mask,
+                             precision=self.precision)
         return _finite(self.to_percent(raw), self.meta.get("path"))
 

@@ -93,3 +93,12 @@ def test_bad_model_json_is_one_line_exit_2(tmp_path, capsys, text, message):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_evaluate_in_bf16_reports_its_precision_and_ranks_like_fp32(tiny_run):
+    from narformer_core.cli import evaluate_checkpoint
+
+    ck = tiny_run[0] / "best.pt"
+    fp32, bf16 = evaluate_checkpoint(ck), evaluate_checkpoint(ck, precision="bf16")
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16"
+    assert abs(fp32["kendall_tau_all"] - bf16["kendall_tau_all"]) < 0.05
