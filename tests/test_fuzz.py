@@ -243,9 +243,28 @@ def _checkpoint_with(tmp_path, src: Path, change: dict, name="other.pt") -> Path
 
 
 @pytest.fixture(scope="module")
-def accuracy_checkpoint(ctx) -> Path:
+def accuracy_checkpoint(ctx, tmp_path_factory) -> Path:
+    """A single-run accuracy checkpoint of real size: the shipped 781 one, or, since that is an
+    ensemble, its first member saved alone (an ensemble keeps a config per member, and these
+    doctored-config tests edit the top-level one); the fuzz context's tiny one without assets."""
+    import torch
+
+    from narformer_core.ensemble import ENSEMBLE_FORMAT, check_members
+    from narformer_core.train import CKPT_FORMAT
+
     shipped = ROOT / "assets" / "checkpoints" / "nb201-781.pt"
-    return shipped if shipped.exists() else ctx.accuracy_ckpt_path
+    if not shipped.exists():
+        return ctx.accuracy_ckpt_path
+    ck = torch.load(shipped, weights_only=True)
+    if ck.get("format") != ENSEMBLE_FORMAT:
+        return shipped
+    first = check_members(ck, shipped.name, ValueError)[0]
+    single = {**{k: ck[k] for k in ("task", "split", "target")}, "format": CKPT_FORMAT,
+              **{k: first[k] for k in ("model_config", "state_dict", "kind", "epoch", "val_tau", "train_config")
+                 if k in first}}
+    out = tmp_path_factory.mktemp("member") / "nb201-781-member0.pt"
+    torch.save(single, out)
+    return out
 
 
 def test_checkpoint_of_another_model_config_names_the_mismatch(tmp_path, accuracy_checkpoint):
