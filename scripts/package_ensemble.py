@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from narformer_core.runs import metrics_rows  # noqa: E402
 from narformer_core.cli import evaluate_checkpoint, selected_checkpoint  # noqa: E402
 from narformer_core.ensemble import build_ensemble, save_ensemble, validation_tau  # noqa: E402
-from narformer_core.predictors import NARFormerPredictor  # noqa: E402
+from narformer_core.predictors import NARFormerPredictor, load_weights_only  # noqa: E402
 from narformer_core.train import _on_cpu  # noqa: E402
 
 
@@ -52,10 +52,10 @@ def main() -> None:
     summaries, paths = [], []
     for r in a.runs:
         if Path(r).is_file():            # a checkpoint as it is (a whole ensemble adds all its members)
-            ck = torch.load(r, map_location="cpu", weights_only=True)
-            summaries.append({"checkpoint": r, "val_tau": ck.get("val_tau"),
-                              "members": len(ck.get("members", ())) + sum(
-                                  e.get("members", 0) for e in ck.get("member_files", ())) or 1})
+            src = load_weights_only(Path(r))
+            summaries.append({"checkpoint": r, "val_tau": src.get("val_tau"),
+                              "members": len(src.get("members", ())) + sum(
+                                  e.get("members", 0) for e in src.get("member_files", ())) or 1})
             paths.append(Path(r))
             continue
         s = json.loads((Path(r) / "summary.json").read_text())
