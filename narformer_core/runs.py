@@ -87,7 +87,9 @@ class RunSpec:
             raise RunError(f"seed must be non-negative, got {self.seed}")
         if int(self.threads) < 1:
             raise RunError(f"threads must be at least 1, got {self.threads}")
-        if self.precision not in ("fp32", "bf16", "auto"):
+        from .train import PRECISIONS
+
+        if self.precision not in PRECISIONS:
             raise RunError(f"precision must be fp32, bf16 or auto, not {self.precision!r}")
         if self.model is not None:
             from dataclasses import fields
