@@ -56,7 +56,7 @@ def all_nb201_predictions(ref: svc.CheckpointRef, text: str, spinner: bool = Fal
                 parts.append(predicted_chunk(ref.path, ref.mtime, a, b, svc.PREDICTIONS_VERSION))
                 bar.progress((k + 1) / len(spans), text=f"{text} {b:,}")
             bar.empty()
-        store[key] = np.concatenate(parts)
+        store[key] = svc.assembled_predictions(load_predictor(ref.path, ref.mtime), "nb201", parts)
     return store[key]
 
 

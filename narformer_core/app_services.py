@@ -40,8 +40,9 @@ TRAIN_HINT_NB101 = ("python -m narformer_core train --space nb101 --train-size 8
 # it in .streamlit/config.toml, so the user sees our message rather than the uploader's).
 MAX_ONNX_BYTES = 50_000_000
 MAX_ONNX_NODES = 5000
-# Bump when what predict_chunk returns changes: the pages' disk caches key on it.
-PREDICTIONS_VERSION = 3
+# Bump when what predict_chunk or assembled_predictions returns changes: the pages' disk caches
+# and the shipped NAME.predictions.npz files key on it. 4: NB201 equivalent cells averaged.
+PREDICTIONS_VERSION = 4
 # The NB201 macro network a cell is measured in (the benchmark's CIFAR-10 network).
 NB201_NETWORK = {"channels": 16, "cells_per_stage": 5, "resolution": 32}
 SHORT_OPS = {"none": "none", "skip_connect": "skip", "nor_conv_1x1": "conv 1x1",
@@ -264,6 +265,16 @@ def precomputed_predictions(checkpoint: str | Path) -> np.ndarray | None:
     return pred if pred.shape == (nb201.N_ARCHS,) and np.isfinite(pred).all() else None
 
 
+def assembled_predictions(predictor, space: str, parts: list[np.ndarray]) -> np.ndarray:
+    """The chunks of predict_chunk joined into the whole space's predictions, finished as
+    NARFormerPredictor.predict finishes them: NB201 cells averaged over their equivalents (an
+    average that spans chunks, hence done here and not per chunk)."""
+    out = np.concatenate(parts)
+    if getattr(predictor, "averages_equivalents", lambda s: False)(space) and len(out) == nb201.N_ARCHS:
+        out = nb201.mean_over_equivalents(out)
+    return out
+
+
 def predict_all(predictor, space: str = "nb201", progress: Callable[[float], None] | None = None,
                 chunk: int = 1024) -> np.ndarray:
     """Predicted accuracy (%) of every architecture of the space's task, in chunks."""
@@ -275,7 +286,7 @@ def predict_all(predictor, space: str = "nb201", progress: Callable[[float], Non
         parts.append(predict_chunk(predictor, space, a, b))
         if progress:
             progress((k + 1) / len(chunks(n, chunk)))
-    return np.concatenate(parts)
+    return assembled_predictions(predictor, space, parts)
 
 
 def rank_and_percentile(value: float, population: np.ndarray) -> tuple[int, float]:

@@ -16,6 +16,7 @@ import torch
 from .ensemble import ENSEMBLE_FORMAT, check_members, load_member_files
 from .graph import ArchGraph, GraphError
 from .model import NARFormer, NARFormerConfig, NARFormerEnsemble
+from .spaces import nb201
 from .targets import TargetMap
 from .tasks import AccuracyTask, load_task
 from .tokenizer import tokenize_graphs
@@ -205,6 +206,9 @@ class NARFormerPredictor(AccuracyPredictor):
         # Arithmetic of predict/predict_graphs: "fp32" (default; what every shipped figure used),
         # "bf16" or "auto" (train.resolve_precision).
         self.precision = "fp32"
+        # NB201: "mean" gives every cell the mean prediction over its functionally equivalent
+        # cells (spaces/nb201.py, "Functional equivalence"); "off": the network's own outputs.
+        self.equivalence = "mean"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "NARFormerPredictor":
@@ -253,7 +257,24 @@ class NARFormerPredictor(AccuracyPredictor):
         self._cache.clear()
         return self
 
+    def averages_equivalents(self, space: str | None) -> bool:
+        return self.equivalence == "mean" and space == "nb201"
+
     def predict(self, task: AccuracyTask, idx: np.ndarray | None = None) -> np.ndarray:
+        """Accuracy (%) of the task's architectures (all, or those at ``idx``)."""
+        if self.equivalence not in ("mean", "off"):
+            raise ValueError(f"equivalence must be 'mean' or 'off', got {self.equivalence!r}")
+        # Every NB201 task is the whole space in enumeration order (tasks.load_task, search).
+        if not self.averages_equivalents(task.space) or len(task) != nb201.N_ARCHS:
+            return self._predict_raw(task, idx)
+        if idx is None:
+            return nb201.mean_over_equivalents(self._predict_raw(task))
+        idx = np.asarray(idx, dtype=np.int64)
+        members = nb201.equivalent_indices(idx)
+        means = nb201.mean_over_equivalents(self._predict_raw(task, members), members)
+        return means[np.searchsorted(members, idx)]
+
+    def _predict_raw(self, task: AccuracyTask, idx: np.ndarray | None = None) -> np.ndarray:
         from .train import predict_tokens
 
         key = (task.space, task.labels, len(task), self.precision)
@@ -276,12 +297,31 @@ class NARFormerPredictor(AccuracyPredictor):
 
     def predict_graphs(self, graphs: Sequence[ArchGraph]) -> np.ndarray:
         """Accuracy (%) of arbitrary cell graphs of the checkpoint's space."""
-        from .train import predict_tokens
-
         graphs = list(graphs)
         if self.space and any(g.space != self.space for g in graphs):
             raise GraphError(f"this predictor was trained on {self.space} cells; got "
                              f"{sorted({g.space for g in graphs})}")
+        out = self._predict_graphs_raw(graphs)
+        if self.averages_equivalents(self.space):
+            for k, g in enumerate(graphs):
+                out[k] = self._nb201_equivalents_mean(g, out[k])
+        return out
+
+    def _nb201_equivalents_mean(self, graph: ArchGraph, own: float) -> float:
+        """Mean prediction over the cells equivalent to ``graph`` (``own`` where it has none)."""
+        try:
+            i = nb201.index_of(nb201.parse(nb201.from_graph(graph)))
+        except GraphError:          # not the NB201 layout: nothing is known to be equivalent
+            return own
+        members = nb201.equivalent_indices([i])
+        if len(members) == 1:
+            return own
+        cells = nb201.enumerate_all()
+        return float(self._predict_graphs_raw([nb201.to_graph(cells[j]) for j in members]).mean())
+
+    def _predict_graphs_raw(self, graphs: list[ArchGraph]) -> np.ndarray:
+        from .train import predict_tokens
+
         tk = tokenize_graphs(graphs, self.scheme)
         mask = None if tk.mask.all() else torch.from_numpy(tk.mask)
         raw = predict_tokens(self.model, torch.from_numpy(tk.depth), torch.from_numpy(tk.nodes), mask,

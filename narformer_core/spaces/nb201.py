@@ -166,3 +166,80 @@ def neighbours(ops: Sequence[str]) -> list[tuple[str, ...]]:
             if o != ops[k]:
                 out.append(tuple(ops[:k]) + (o,) + tuple(ops[k + 1:]))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional equivalence. Many of the 15,625 cells compute the same function as another cell:
+# an edge whose source feature map is always zero (nothing but 'none' reaches it from the input)
+# or whose target never reaches the cell output carries nothing, so its op does not matter; and
+# when the edge 1->2 is absent, feature maps 1 and 2 are two interchangeable parallel branches.
+# The benchmark trained every cell separately, so equivalent cells have (noisy) labels of their
+# own, but a predictor should give them one value: averaging its predictions over each class
+# removes the part of its error that differs between the copies (README, "Equivalent cells").
+# The dead-edge rule is exact for skip and pooling edges; a conv edge reading an all-zero map
+# still adds its BatchNorm shift (a learned per-channel constant), which the benchmark's labels
+# show to be negligible: inside a class, validation accuracy varies by 0.67 points (standard
+# deviation) against 12.7 points over the whole space.
+# ---------------------------------------------------------------------------------------------
+
+def canonical(ops: Sequence[str]) -> tuple[str, ...]:
+    """The representative of a cell's equivalence class: dead edges set to 'none', and the two
+    branches ordered when feature maps 1 and 2 are parallel (the smaller op tuple wins)."""
+    ops = tuple(ops)
+    if len(ops) != N_EDGES or any(o not in OPS for o in ops):
+        raise GraphError(f"an NB201 cell has {N_EDGES} ops out of {', '.join(OPS)}; got {ops!r}")
+    reached = [True, False, False, False]       # feature map m is non-zero for some input
+    for m in (1, 2, 3):
+        reached[m] = any(o != "none" and reached[s] for o, (s, t) in zip(ops, EDGES) if t == m)
+    used = [False, False, False, True]          # feature map m reaches the cell output
+    for m in (2, 1, 0):
+        used[m] = any(o != "none" and used[t] for o, (s, t) in zip(ops, EDGES) if s == m)
+    live = tuple(o if reached[s] and used[t] else "none" for o, (s, t) in zip(ops, EDGES))
+    if live[2] != "none":
+        return live
+    # Edges in arch-string order: 0->1, 0->2, 1->2, 0->3, 1->3, 2->3. Swapping maps 1 and 2
+    # exchanges 0->1 with 0->2 and 1->3 with 2->3.
+    swapped = (live[1], live[0], live[2], live[3], live[5], live[4])
+    return min(live, swapped, key=lambda c: [OPS.index(o) for o in c])
+
+
+@lru_cache(maxsize=1)
+def equivalence_classes() -> np.ndarray:
+    """Class id of every cell of :func:`enumerate_all`: the enumeration index of its
+    :func:`canonical` representative. Vectorised (the same rules as canonical, tested equal)."""
+    weights = len(OPS) ** np.arange(N_EDGES - 1, -1, -1)     # index_of: first edge most significant
+    a = (np.arange(N_ARCHS)[:, None] // weights) % len(OPS)   # OPS index of every edge of every cell
+    on = a != OPS.index("none")
+    r1 = on[:, 0]                                          # maps 1..3 reached from the input
+    r2 = on[:, 1] | (on[:, 2] & r1)
+    u2 = on[:, 5]                                          # maps 1, 2 reaching the output
+    u1 = on[:, 4] | (on[:, 2] & u2)
+    r_src = np.stack([np.ones_like(r1), np.ones_like(r1), r1, np.ones_like(r1), r1, r2], 1)
+    u_dst = np.stack([u1, u2, u2, np.ones_like(r1), np.ones_like(r1), np.ones_like(r1)], 1)
+    live = np.where(on & r_src & u_dst, a, OPS.index("none"))
+    code = live @ weights
+    swapped = live[:, [1, 0, 2, 3, 5, 4]] @ weights
+    code = np.where(live[:, 2] == OPS.index("none"), np.minimum(code, swapped), code)
+    code.setflags(write=False)
+    return code
+
+
+def equivalent_indices(indices: Sequence[int]) -> np.ndarray:
+    """Sorted enumeration indices of every cell equivalent to one of ``indices`` (themselves included)."""
+    cls = equivalence_classes()
+    return np.flatnonzero(np.isin(cls, cls[np.asarray(indices, dtype=np.int64)]))
+
+
+def mean_over_equivalents(values: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:
+    """Replace each value by the mean over its equivalence class.
+
+    ``values`` belong to the cells ``indices`` (enumeration order; default: all 15,625 cells).
+    Each class is averaged over its members present in ``indices``, so pass whole classes
+    (:func:`equivalent_indices`) to get class means."""
+    values = np.asarray(values, dtype=np.float64)
+    cls = equivalence_classes() if indices is None else equivalence_classes()[np.asarray(indices, dtype=np.int64)]
+    if values.shape != cls.shape:
+        raise ValueError(f"{len(cls)} cells but {values.shape} values")
+    _, inv = np.unique(cls, return_inverse=True)
+    sums = np.bincount(inv, weights=values)
+    return (sums / np.bincount(inv))[inv]
