@@ -111,6 +111,9 @@ def home() -> None:
                            f"{svc.validation_text(info)}.")
                 value = svc.predict_graph(predictor, graph)
                 st.metric("Predicted accuracy", f"{value:.2f} %")
+                same = svc.equivalence_text(graph.ops[1:7])
+                if same:
+                    st.caption(same)
                 with st.spinner("Ranking among all 15,625 cells…", show_time=True):
                     allp = cache.all_nb201_predictions(ref, "Predicting all 15,625 cells once for this checkpoint…")
                 rank, pct = svc.rank_and_percentile(float(allp[index]), allp)

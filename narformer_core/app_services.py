@@ -186,6 +186,29 @@ def validation_text(info: dict) -> str:
     return f"validation tau {info['val_tau']:.3f} {info['selection']}"
 
 
+def equivalence_text(ops: Sequence[str]) -> str | None:
+    """Why a cell shares its prediction with other cells (None if it has no equivalent)."""
+    ops = tuple(ops)
+    cls = nb201.equivalence_classes()
+    others = int((cls == cls[nb201.index_of(ops)]).sum()) - 1
+    if others == 0:
+        return None
+    if all(o == "none" for o in nb201.canonical(ops)):
+        return (f"No path of ops joins this cell's input to its output, so it outputs zeros, like "
+                f"{others:,} other cells. Its prediction is the mean over all of them.")
+    why = []
+    dead = nb201.dead_edges(ops)
+    if dead:
+        edges = ", ".join(f"{s}→{t}" for s, t in dead)
+        why.append(f"edge{'s' if len(dead) > 1 else ''} {edges} carr{'y' if len(dead) > 1 else 'ies'} "
+                   "nothing to the output, so {} op does not matter".format("their" if len(dead) > 1 else "its"))
+    live = nb201.canonical(ops)
+    if live[2] == "none" and (live[0], live[4]) != (live[1], live[5]):
+        why.append("with edge 1→2 empty, nodes 1 and 2 are parallel branches that can swap")
+    return (f"This cell computes the same function as {others:,} other cell{'s' if others > 1 else ''} "
+            f"({'; '.join(why)}). Its prediction is the mean over all of them.")
+
+
 def predict_graph(predictor, graph: ArchGraph) -> float:
     return float(predictor.predict_graphs([graph])[0])
 

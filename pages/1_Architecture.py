@@ -82,6 +82,9 @@ def show_cell_prediction(graph: ArchGraph, space: str, key: str) -> None:
         rank, pct = svc.rank_and_percentile(float(allp[nb201.index_of(graph.ops[1:7])]), allp)
         c2.metric(f"Predicted rank of {len(allp):,}", f"{rank:,}", help="1 = the best predicted cell")
         c3.metric("Percentile", f"{pct:.1f} %", help="share of all cells predicted below this one")
+        same = svc.equivalence_text(graph.ops[1:7])
+        if same:
+            st.caption(same)
     else:
         task = predictor.task()
         allp = predictor.predict(task)

@@ -50,6 +50,8 @@ def test_changing_an_edge_updates_prediction_rank_and_truth(at):
     after = (metric(at, "Predicted accuracy"), table(at, "true rank")["accuracy %"].iloc[0])
     assert after != before
     assert "|none~0|+|none~0|" in texts(at)
+    # ... and is one of the 341 cells that output zeros, which share one prediction.
+    assert "outputs zeros, like 340 other cells" in texts(at)
 
 
 def test_prediction_matches_the_model_on_that_cell(at, tiny_checkpoints):

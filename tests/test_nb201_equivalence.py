@@ -129,3 +129,15 @@ def test_evaluate_reports_both(tiny_checkpoints, capsys):
         assert out[mode]["equivalence"] == mode and -1 <= out[mode]["val_tau_as_predicted"] <= 1
     assert out["mean"]["kendall_tau_all"] != out["off"]["kendall_tau_all"]
     assert out["off"]["val_tau_as_predicted"] == pytest.approx(out["off"]["val_tau"], abs=0.02)
+
+
+def test_the_app_says_why_a_cell_shares_its_prediction():
+    from narformer_core import app_services as svc
+
+    assert svc.equivalence_text((C3,) * 6) is None
+    text = svc.equivalence_text((C3, SK, NO, C1, NO, AP))
+    assert "edge 0→1 carries nothing to the output" in text and "other cells" in text
+    assert nb201.dead_edges((C3, SK, NO, C1, NO, AP)) == [(0, 1)]
+    swap = svc.equivalence_text((C3, SK, NO, NO, AP, C1))
+    assert swap.startswith("This cell computes the same function as 1 other cell (") and "swap" in swap
+    assert "outputs zeros, like 340 other cells" in svc.equivalence_text((NO,) * 6)

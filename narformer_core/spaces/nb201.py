@@ -182,10 +182,9 @@ def neighbours(ops: Sequence[str]) -> list[tuple[str, ...]]:
 # deviation) against 12.7 points over the whole space.
 # ---------------------------------------------------------------------------------------------
 
-def canonical(ops: Sequence[str]) -> tuple[str, ...]:
-    """The representative of a cell's equivalence class: dead edges set to 'none', and the two
-    branches ordered when feature maps 1 and 2 are parallel (the smaller op tuple wins)."""
-    ops = tuple(ops)
+def _live(ops: tuple[str, ...]) -> tuple[str, ...]:
+    """The cell with its dead edges set to 'none' (edges from a map nothing reaches, or into a map
+    that reaches nothing)."""
     if len(ops) != N_EDGES or any(o not in OPS for o in ops):
         raise GraphError(f"an NB201 cell has {N_EDGES} ops out of {', '.join(OPS)}; got {ops!r}")
     reached = [True, False, False, False]       # feature map m is non-zero for some input
@@ -194,13 +193,25 @@ def canonical(ops: Sequence[str]) -> tuple[str, ...]:
     used = [False, False, False, True]          # feature map m reaches the cell output
     for m in (2, 1, 0):
         used[m] = any(o != "none" and used[t] for o, (s, t) in zip(ops, EDGES) if s == m)
-    live = tuple(o if reached[s] and used[t] else "none" for o, (s, t) in zip(ops, EDGES))
+    return tuple(o if reached[s] and used[t] else "none" for o, (s, t) in zip(ops, EDGES))
+
+
+def canonical(ops: Sequence[str]) -> tuple[str, ...]:
+    """The representative of a cell's equivalence class: dead edges set to 'none', and the two
+    branches ordered when feature maps 1 and 2 are parallel (the smaller op tuple wins)."""
+    live = _live(tuple(ops))
     if live[2] != "none":
         return live
     # Edges in arch-string order: 0->1, 0->2, 1->2, 0->3, 1->3, 2->3. Swapping maps 1 and 2
     # exchanges 0->1 with 0->2 and 1->3 with 2->3.
     swapped = (live[1], live[0], live[2], live[3], live[5], live[4])
     return min(live, swapped, key=lambda c: [OPS.index(o) for o in c])
+
+
+def dead_edges(ops: Sequence[str]) -> list[tuple[int, int]]:
+    """(source, target) feature maps of the edges whose op cannot change what the cell computes."""
+    ops = tuple(ops)
+    return [EDGES[k] for k, (o, l) in enumerate(zip(ops, _live(ops))) if o != l]
 
 
 @lru_cache(maxsize=1)
