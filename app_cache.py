@@ -34,6 +34,18 @@ def prediction_store() -> dict:
     return {}
 
 
+def stored_nb201_predictions(ref: svc.CheckpointRef) -> np.ndarray | None:
+    """All 15,625 predictions of ``ref`` if they are at hand (shipped beside the checkpoint, or
+    assembled earlier in this server), else None. A cell's prediction is then a lookup: with
+    equivalence averaging, predicting one cell afresh means predicting its whole class (up to
+    341 cells, seconds for the 16-member ensemble)."""
+    store = prediction_store()
+    key = (ref.path, ref.mtime)
+    if key not in store:
+        store[key] = svc.precomputed_predictions(ref.path)      # shipped beside the checkpoint?
+    return store[key]
+
+
 def all_nb201_predictions(ref: svc.CheckpointRef, text: str, spinner: bool = False) -> np.ndarray:
     """Every NB201 cell's prediction by checkpoint ``ref``, built chunk by chunk the first time.
 
@@ -42,9 +54,7 @@ def all_nb201_predictions(ref: svc.CheckpointRef, text: str, spinner: bool = Fal
     """
     store = prediction_store()
     key = (ref.path, ref.mtime)
-    if key not in store:
-        store[key] = svc.precomputed_predictions(ref.path)      # shipped beside the checkpoint?
-    if store[key] is None:
+    if stored_nb201_predictions(ref) is None:
         spans = svc.chunks(nb201.N_ARCHS)
         if spinner:
             with st.spinner(text, show_time=True):

@@ -138,4 +138,5 @@ def test_an_ensemble_checkpoint_and_its_shipped_predictions(monkeypatch, tmp_pat
     assert "validation tau not recorded" in texts(at)      # assembled without package_ensemble.py
     assert metric(at, "Predicted rank of 15,625") == "1"
     assert metric(at, "Percentile") == "100.0 %"
+    assert metric(at, "Predicted accuracy") == "99.00 %"        # the cell's own value, looked up too
     shutil.rmtree(tmp_path / "second")
