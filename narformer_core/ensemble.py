@@ -227,12 +227,23 @@ def check_members(ck: dict, name: str, error: type[Exception]) -> list[dict]:
 
 
 def validation_tau(predictor) -> float:
-    """Kendall's tau of a loaded predictor on its own validation cells, against its training labels."""
+    """Kendall's tau of a loaded predictor on its own validation cells, against its training labels.
+
+    Scored on the networks' own outputs (no averaging over equivalent NB201 cells): the figure a
+    training run logs as val_tau, so an ensemble's recorded val_tau compares with its members'.
+    ``evaluate`` reports the averaged one as val_tau_as_predicted."""
     from .metrics import kendall_tau
 
     task = predictor.task()
     idx = np.asarray(predictor.meta["val_idx"], dtype=np.int64)
-    return float(kendall_tau(predictor.predict(task, idx), task.y[idx]))
+    before = getattr(predictor, "equivalence", None)
+    if before is not None:
+        predictor.equivalence = "off"
+    try:
+        return float(kendall_tau(predictor.predict(task, idx), task.y[idx]))
+    finally:
+        if before is not None:
+            predictor.equivalence = before
 
 
 def distill(teacher_path: str | Path, run_dir: str | Path, cfg, progress: bool = False) -> Path:

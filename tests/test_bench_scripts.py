@@ -29,3 +29,24 @@ def test_train_step_benchmark_refuses_an_unknown_variant():
     out = subprocess.run([sys.executable, "scripts/bench_train_step.py", "--variants", "fp8"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "unknown variants ['fp8']" in out.stderr
+
+
+def test_equivalence_benchmark_scores_raw_and_canonical_inputs():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "scripts/bench_equivalence.py", "--train-size", "60", "--seeds", "0",
+                          "--epochs", "1", "--labels", "analog", "--json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    raw, canon = (json.loads(line) for line in out.stdout.splitlines())
+    assert (raw["inputs"], canon["inputs"]) == ("raw", "canonical")
+    for r in (raw, canon):
+        assert all(-1 <= r[k] <= 1 for k in ("val", "val_mean", "all", "all_mean"))
+    # A network fed class representatives already gives equivalent cells one value.
+    assert canon["all"] == pytest.approx(canon["all_mean"], abs=1e-3)
+    assert raw["all"] != raw["all_mean"]
+
+
+def test_equivalence_benchmark_refuses_an_unknown_input_kind():
+    out = subprocess.run([sys.executable, "scripts/bench_equivalence.py", "--inputs", "sorted"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown input kind(s) sorted" in out.stderr
