@@ -48,3 +48,30 @@ def apply_permutation(ops: np.ndarray, adj: np.ndarray, perm: np.ndarray) -> tup
         adj = np.broadcast_to(adj, (B, *adj.shape))
     rows = np.arange(B)[:, None, None]
     return np.take_along_axis(ops, perm, axis=1), adj[rows, perm[:, :, None], perm[:, None, :]]
+
+
+class EquivalentSampler:
+    """Random functionally equivalent copies of NB201 training cells (spaces/nb201.py).
+
+    A training cell whose class holds other cells (dead edges with other ops, swapped parallel
+    branches) is fed as a uniformly drawn member of its class: the same function in different
+    tokens, so the network learns that those tokens do not matter."""
+
+    def __init__(self, task, train_idx: np.ndarray):
+        from .spaces import nb201
+
+        if task.space != "nb201" or len(task) != nb201.N_ARCHS:
+            raise ValueError("equivalent-cell augmentation needs the whole NB201 space in enumeration order "
+                             f"(got {task.space}, {len(task)} architectures)")
+        self.ops = task.ops
+        cls = nb201.equivalence_classes()
+        members = [np.flatnonzero(cls == cls[i]) for i in np.asarray(train_idx)]
+        self.counts = np.array([len(m) for m in members], dtype=np.int64)
+        self.members = np.zeros((len(members), int(self.counts.max())), dtype=np.int64)
+        for k, m in enumerate(members):
+            self.members[k, :len(m)] = m
+
+    def ops_for(self, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(B, N) op ids of one random equivalent of each training cell at ``positions`` (0..n_train-1)."""
+        pick = (rng.random(len(positions)) * self.counts[positions]).astype(np.int64)
+        return self.ops[self.members[positions, pick]]

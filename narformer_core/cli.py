@@ -44,6 +44,8 @@ def _train_config(args) -> "TrainConfig":
             preset[k] = getattr(args, k)
     if getattr(args, "twin_grad", None) is not None:
         preset["twin_grad"] = args.twin_grad
+    if getattr(args, "equivalents", None):
+        preset["equivalents"] = True
     return TrainConfig(space=args.space, labels=args.labels, test_labels=args.test_labels,
                        train_size=args.train_size, val_size=args.val_size, seed=args.seed,
                        init_seed=getattr(args, "init_seed", None),
@@ -103,6 +105,8 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--twin-grad", dest="twin_grad", action="store_true", default=None,
                    help="backpropagate through the augmented twin (as the paper)")
     p.add_argument("--no-twin-grad", dest="twin_grad", action="store_false")
+    p.add_argument("--equivalents", action="store_true", default=None,
+                   help="NB201: feed each training cell as a random functionally equivalent cell every step")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
                    help="training arithmetic: fp32 (default), bf16 autocast, or auto (bf16 where native)")

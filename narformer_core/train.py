@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .augment import TwinSampler, apply_permutation
+from .augment import EquivalentSampler, TwinSampler, apply_permutation
 from .metrics import kendall_tau
 from .model import NARFormer, NARFormerConfig
 from .targets import TargetMap
@@ -62,6 +62,9 @@ class TrainConfig:
     rank_scale: float = 10.0
     lambda_cons: float = 0.5
     twin_grad: bool = True           # backpropagate through the augmented twin (the paper) or not
+    # NB201 only: feed each training cell, every step, as a random functionally equivalent cell
+    # (augment.EquivalentSampler); the twin is then a renumbered copy of that cell.
+    equivalents: bool = False
     target: str = "fraction"         # label -> 0..1 target: "fraction" (paper) or "quantile" (targets.py)
     scheme: str = "nerf"
     eval_every: int = 1              # epochs between validation passes
@@ -351,6 +354,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
     tr_depth, tr_nodes, tr_mask = _tensors(task, train_idx, cfg.scheme, device)
     va_depth, va_nodes, va_mask = _tensors(task, val_idx, cfg.scheme, device)
     twins = TwinSampler(task.adj, task.n_nodes)
+    equivalents = EquivalentSampler(task, train_idx) if cfg.equivalents else None
     ops_tr = task.ops[train_idx]
     adj_tr = task.adj if task.adj.ndim == 2 else task.adj[train_idx]
     n_tr = task.n_nodes[train_idx]
@@ -392,6 +396,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
             sums = np.zeros(4)
             for b in range(steps_per_epoch):
                 bi = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                # Drawn before the twins and for the whole global batch, like them (see below).
+                ops_b = ops_tr[bi] if equivalents is None else equivalents.ops_for(bi, rng)
                 # The twin: same architectures, intermediate nodes renumbered along another order.
                 order = twins.permutations(train_idx[bi], rng)
                 weight, pairs = 1.0, None
@@ -404,15 +410,20 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                     weight = (hi - lo) / len(bi)
                     if hi == lo:
                         lo, hi, pairs = 0, 1, torch.zeros(1, dtype=torch.int64)
-                    bi, order = bi[lo:hi], order[lo:hi]
-                ops_t, adj_t = apply_permutation(ops_tr[bi], adj_tr if adj_tr.ndim == 2 else adj_tr[bi], order)
+                    bi, order, ops_b = bi[lo:hi], order[lo:hi], ops_b[lo:hi]
+                ops_t, adj_t = apply_permutation(ops_b, adj_tr if adj_tr.ndim == 2 else adj_tr[bi], order)
                 tw = tokenize_cells(ops_t, adj_t, n_tr[bi], scheme=cfg.scheme)
                 tw_depth = torch.from_numpy(tw.depth).to(device)
                 tw_nodes = torch.from_numpy(tw.nodes).to(device)
                 tw_mask = None if tw.mask.all() else torch.from_numpy(tw.mask).to(device)
                 bi_t = torch.from_numpy(bi).to(device)
-                d, n = tr_depth[bi_t], tr_nodes[bi_t]
-                m = None if tr_mask is None else tr_mask[bi_t]
+                if equivalents is None:
+                    d, n = tr_depth[bi_t], tr_nodes[bi_t]
+                    m = None if tr_mask is None else tr_mask[bi_t]
+                else:
+                    eq = tokenize_cells(ops_b, adj_tr if adj_tr.ndim == 2 else adj_tr[bi], n_tr[bi], scheme=cfg.scheme)
+                    d, n = torch.from_numpy(eq.depth).to(device), torch.from_numpy(eq.nodes).to(device)
+                    m = None if eq.mask.all() else torch.from_numpy(eq.mask).to(device)
                 with autocast(precision, device):
                     if cfg.twin_grad and tw_mask is None and m is None:
                         out = model(torch.cat([d, tw_depth]), torch.cat([n, tw_nodes]))

@@ -10,6 +10,8 @@ all 15,625 cells, with and without the class mean (spaces/nb201.py, "Functional 
     raw        cells tokenized as they are (what every shipped checkpoint does)
     canonical  every cell tokenized as its class representative (nb201.canonical), in training
                and prediction: the network cannot tell equivalent cells apart, so averaging is moot
+    augmented  raw cells, and every training step feeds each training cell as a random
+               equivalent cell (train --equivalents)
 
 One JSON line per run (``--json``), or a table. Decisions use the ``val*`` columns only.
 """
@@ -33,7 +35,7 @@ from narformer_core.spaces import nb201  # noqa: E402
 from narformer_core.tasks import AccuracyTask, load_task, split  # noqa: E402
 from narformer_core.train import TrainConfig, train  # noqa: E402
 
-INPUTS = ("raw", "canonical")
+INPUTS = ("raw", "canonical", "augmented")
 
 
 def seeds(text: str) -> list[int]:
@@ -56,7 +58,7 @@ def run(inputs: str, seed: int, args) -> dict:
     model = preset.pop("model")
     cfg = TrainConfig(space="nb201", labels=task.labels, train_size=args.train_size, seed=seed, threads=1,
                       precision=args.precision, data_dir=args.data_dir, model=model,
-                      **{**preset, "epochs": args.epochs})
+                      equivalents=inputs == "augmented", **{**preset, "epochs": args.epochs})
     with tempfile.TemporaryDirectory() as d:
         summary = train(cfg, d, resume=False, progress=False, task=task)
         pred = NARFormerPredictor.from_checkpoint(selected_checkpoint(Path(d), summary))

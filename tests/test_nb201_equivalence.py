@@ -141,3 +141,38 @@ def test_the_app_says_why_a_cell_shares_its_prediction():
     swap = svc.equivalence_text((C3, SK, NO, NO, AP, C1))
     assert swap.startswith("This cell computes the same function as 1 other cell (") and "swap" in swap
     assert "outputs zeros, like 340 other cells" in svc.equivalence_text((NO,) * 6)
+
+
+def test_the_sampler_draws_only_equivalent_cells():
+    from narformer_core.augment import EquivalentSampler
+    from narformer_core.tasks import load_task
+
+    task = load_task("nb201")
+    i = nb201.index_of((C3, SK, NO, C1, NO, AP))
+    train_idx = np.array([3, i, 15624])
+    s = EquivalentSampler(task, train_idx)
+    rng = np.random.default_rng(0)
+    drawn = {tuple(row) for row in s.ops_for(np.full(3000, 1), rng)}     # 58 members: all drawn
+    members = nb201.equivalent_indices([i])
+    assert drawn == {tuple(task.ops[j]) for j in members}          # every member, nothing else
+    lone = nb201.equivalent_indices([15624])
+    assert len(lone) == 1 and (s.ops_for(np.array([2, 2]), rng) == task.ops[15624]).all()
+    sub = type(task)("nb201", "x", "x", task.ops[:10], task.adj, task.n_nodes[:10], task.y[:10], task.y_test[:10],
+                     task.ids[:10])
+    with pytest.raises(ValueError, match="whole NB201 space"):
+        EquivalentSampler(sub, np.array([0]))
+
+
+def test_training_on_equivalent_copies_runs_and_repeats(tmp_path):
+    from narformer_core.train import TrainConfig, read_log, train
+    from test_app_support import TINY_MODEL
+
+    def run(name, equivalents):
+        cfg = TrainConfig(model=dict(TINY_MODEL), epochs=2, train_size=64, val_size=32, labels="analog",
+                          device="cpu", save_every_s=1e9, batch_size=32, threads=1, equivalents=equivalents)
+        train(cfg, tmp_path / name, resume=False, progress=False)
+        return [r["loss"] for r in read_log(tmp_path / name / "metrics.jsonl")]
+
+    a, b, plain = run("a", True), run("b", True), run("plain", False)
+    assert a == b                      # same seed, same copies drawn, same curve
+    assert a != plain
