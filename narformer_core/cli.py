@@ -114,12 +114,13 @@ def add_protocol_args(p: argparse.ArgumentParser) -> None:
 
 
 def evaluate_checkpoint(path, labels=None, test_labels=None, data_dir=None, precision: str = "fp32",
-                        equivalence: str = "mean") -> dict:
+                        equivalence: str = "mean", validation_only: bool = False) -> dict:
     """Kendall's tau of a checkpoint: on all architectures and on the unseen ones.
 
     ``precision`` "bf16" predicts under bfloat16 autocast (faster where native; README, Speed).
     ``equivalence`` "mean" (default) averages NB201 predictions over equivalent cells, "off" reports
-    the network's own outputs (README, "Equivalent cells")."""
+    the network's own outputs (README, "Equivalent cells"). ``validation_only``: only the validation
+    figures, for choosing between checkpoints without seeing a test figure."""
     from .metrics import kendall_tau
     from .predictors import NARFormerPredictor
 
@@ -127,6 +128,12 @@ def evaluate_checkpoint(path, labels=None, test_labels=None, data_dir=None, prec
     pred.precision = precision
     pred.equivalence = equivalence
     task = pred.task(labels, test_labels, data_dir)
+    if validation_only:
+        val = np.asarray(pred.meta["val_idx"], dtype=np.int64)
+        val = val[~np.isnan(task.y[val])]
+        return {"checkpoint": str(path), "space": task.space, "labels": task.labels, "n_val": int(len(val)),
+                "val_tau": pred.meta.get("val_tau"), "equivalence": equivalence, "precision": precision,
+                "val_tau_as_predicted": kendall_tau(pred.predict(task, val), task.y[val])}
     t0 = time.perf_counter()
     p = pred.predict(task)
     predict_s = time.perf_counter() - t0
@@ -177,7 +184,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     res = evaluate_checkpoint(args.checkpoint, args.labels, args.test_labels, args.data_dir, args.precision,
-                              args.equivalence)
+                              args.equivalence, args.validation_only)
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 
@@ -239,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equivalence", choices=["mean", "off"], default="mean",
                    help="NB201: average each cell's prediction over its functionally equivalent cells "
                         "(mean, the default) or report the network's own outputs (off)")
+    p.add_argument("--validation-only", action="store_true",
+                   help="print only the validation figures (to choose between checkpoints before any test figure)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -176,3 +176,16 @@ def test_training_on_equivalent_copies_runs_and_repeats(tmp_path):
     a, b, plain = run("a", True), run("b", True), run("plain", False)
     assert a == b                      # same seed, same copies drawn, same curve
     assert a != plain
+
+
+def test_evaluate_can_show_validation_figures_only(tiny_checkpoints, capsys):
+    from narformer_core.cli import main
+
+    ck = str(tiny_checkpoints / "nb201-tiny.pt")
+    assert main(["evaluate", "--checkpoint", ck, "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--checkpoint", ck, "--validation-only", "--json"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    assert not any(k.startswith("kendall_tau") or k == "tau_vs_sources" for k in val)
+    assert val["val_tau_as_predicted"] == pytest.approx(full["val_tau_as_predicted"], abs=1e-6)
+    assert val["n_val"] == full["n_val"]
