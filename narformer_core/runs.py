@@ -68,6 +68,9 @@ class RunSpec:
     # "bf16" trains 1.5-3x faster where the CPU computes bfloat16 natively, at a small cost in tau
     # (assets/results/precision781: -0.004 at 781 cells); "auto" picks it only on such hardware.
     precision: str = "fp32"
+    # NB201: feed each training cell as a random functionally equivalent cell (train --equivalents;
+    # README, "Equivalent cells").
+    equivalents: bool = False
 
     def check(self) -> "RunSpec":
         from .cli import PRESETS
@@ -91,6 +94,9 @@ class RunSpec:
 
         if self.precision not in PRECISIONS:
             raise RunError(f"precision must be fp32, bf16 or auto, not {self.precision!r}")
+        if self.equivalents and self.space != "nb201":
+            raise RunError("equivalent-cell copies exist for NB201 cells only (NB101 cells are already "
+                           "pruned to one form each)")
         if self.model is not None:
             from dataclasses import fields
 
@@ -112,6 +118,8 @@ class RunSpec:
             args += ["--model-json", json.dumps(self.model, sort_keys=True)]
         if self.precision != "fp32":
             args += ["--precision", self.precision]
+        if self.equivalents:
+            args += ["--equivalents"]
         return args
 
 

@@ -251,3 +251,11 @@ def test_real_training_run_from_the_command_line(tmp_path, monkeypatch):
     assert done.state == "finished", runs.log_tail(done)
     assert list(runs.read_metrics(done)["epoch"]) == [1, 2]
     assert (done.path / "best.pt").exists() and (done.path / "summary.json").exists()
+
+
+def test_equivalent_copies_reach_the_command_line(fake):
+    info = runs.start_run(runs.RunSpec(epochs=1, equivalents=True), "copies")
+    cmd = __import__("json").loads((info.path / "launch.json").read_text())["command"]
+    assert "--equivalents" in cmd
+    with pytest.raises(runs.RunError, match="NB201 cells only"):
+        runs.start_run(runs.RunSpec(space="nb101", equivalents=True), "nb101copies")
