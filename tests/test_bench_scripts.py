@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from test_app_support import tiny_checkpoints  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -50,3 +52,15 @@ def test_equivalence_benchmark_refuses_an_unknown_input_kind():
     out = subprocess.run([sys.executable, "scripts/bench_equivalence.py", "--inputs", "sorted"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "unknown input kind(s) sorted" in out.stderr
+
+
+def test_speed_benchmark_times_a_checkpoint_with_and_without_averaging(tiny_checkpoints):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "scripts/bench_speed.py", "--repeats", "1", "--skip-train",
+                          "--precisions", "fp32", "--checkpoint", str(tiny_checkpoints / "nb201-tiny.pt"), "--json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)[f"checkpoint {tiny_checkpoints / 'nb201-tiny.pt'}"]
+    assert res["tokenize_plus_predict_fp32"]["median_s"] > 0
+    assert res["chunked_max_abs_diff_fp32"] < 1e-4            # chunks give the same own outputs
+    assert res["kendall_tau_all_fp32"] != res["kendall_tau_all_fp32_own_outputs"]
