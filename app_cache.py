@@ -38,7 +38,7 @@ def stored_nb201_predictions(ref: svc.CheckpointRef) -> np.ndarray | None:
     """All 15,625 predictions of ``ref`` if they are at hand (shipped beside the checkpoint, or
     assembled earlier in this server), else None. A cell's prediction is then a lookup: with
     equivalence averaging, predicting one cell afresh means predicting its whole class (up to
-    341 cells, seconds for the 16-member ensemble)."""
+    341 cells, seconds for an ensemble on one thread)."""
     store = prediction_store()
     key = (ref.path, ref.mtime)
     if key not in store:

@@ -155,7 +155,6 @@ def evaluate_checkpoint(path, labels=None, test_labels=None, data_dir=None, prec
         val = np.asarray(pred.meta["val_idx"])
         val = val[~np.isnan(task.y[val])]
         out["val_tau_as_predicted"] = kendall_tau(p[val], task.y[val])
-    if task.space == "nb201":
         # Cross-source figures: the same predictions against other measurements of accuracy.
         from .data import DataUnavailable
         from .data.nb201 import load_labels
