@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from narformer_core.cli import PRESETS, selected_checkpoint  # noqa: E402
+from narformer_core.cli_search import _ints  # noqa: E402
 from narformer_core.metrics import kendall_tau  # noqa: E402
 from narformer_core.predictors import NARFormerPredictor  # noqa: E402
 from narformer_core.spaces import nb201  # noqa: E402
@@ -36,11 +37,6 @@ from narformer_core.tasks import AccuracyTask, load_task, split  # noqa: E402
 from narformer_core.train import TrainConfig, train  # noqa: E402
 
 INPUTS = ("raw", "canonical", "augmented")
-
-
-def seeds(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
 
 
 def canonical_task(task: AccuracyTask) -> AccuracyTask:
@@ -75,7 +71,7 @@ def run(inputs: str, seed: int, args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-size", type=int, default=781)
-    ap.add_argument("--seeds", default="1-4", help="split seeds, e.g. 1-4 or 3")
+    ap.add_argument("--seeds", default="1-4", help="split seeds, '1,2' or '1-4'")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--inputs", default="raw,canonical", help=f"comma list of {', '.join(INPUTS)}")
     ap.add_argument("--labels", default="nb201-val")
@@ -87,7 +83,7 @@ def main(argv=None) -> int:
     bad = [k for k in kinds if k not in INPUTS]
     if bad:
         ap.error(f"unknown input kind(s) {', '.join(bad)}; known: {', '.join(INPUTS)}")
-    for seed in seeds(args.seeds):
+    for seed in _ints(args.seeds, "--seeds"):
         for kind in kinds:
             row = run(kind, seed, args)
             if args.json:

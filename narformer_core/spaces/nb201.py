@@ -225,8 +225,9 @@ def equivalence_classes() -> np.ndarray:
     r2 = on[:, 1] | (on[:, 2] & r1)
     u2 = on[:, 5]                                          # maps 1, 2 reaching the output
     u1 = on[:, 4] | (on[:, 2] & u2)
-    r_src = np.stack([np.ones_like(r1), np.ones_like(r1), r1, np.ones_like(r1), r1, r2], 1)
-    u_dst = np.stack([u1, u2, u2, np.ones_like(r1), np.ones_like(r1), np.ones_like(r1)], 1)
+    yes = np.ones_like(r1)                                 # map 0 is reached, map 3 is the output
+    r_src = np.stack([yes, yes, r1, yes, r1, r2], 1)       # per edge: its source map is reached
+    u_dst = np.stack([u1, u2, u2, yes, yes, yes], 1)       # per edge: its target map is used
     live = np.where(on & r_src & u_dst, a, OPS.index("none"))
     code = live @ weights
     swapped = live[:, [1, 0, 2, 3, 5, 4]] @ weights
