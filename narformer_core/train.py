@@ -411,7 +411,8 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                     if hi == lo:
                         lo, hi, pairs = 0, 1, torch.zeros(1, dtype=torch.int64)
                     bi, order, ops_b = bi[lo:hi], order[lo:hi], ops_b[lo:hi]
-                ops_t, adj_t = apply_permutation(ops_b, adj_tr if adj_tr.ndim == 2 else adj_tr[bi], order)
+                adj_b = adj_tr if adj_tr.ndim == 2 else adj_tr[bi]
+                ops_t, adj_t = apply_permutation(ops_b, adj_b, order)
                 tw = tokenize_cells(ops_t, adj_t, n_tr[bi], scheme=cfg.scheme)
                 tw_depth = torch.from_numpy(tw.depth).to(device)
                 tw_nodes = torch.from_numpy(tw.nodes).to(device)
@@ -421,7 +422,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
                     d, n = tr_depth[bi_t], tr_nodes[bi_t]
                     m = None if tr_mask is None else tr_mask[bi_t]
                 else:
-                    eq = tokenize_cells(ops_b, adj_tr if adj_tr.ndim == 2 else adj_tr[bi], n_tr[bi], scheme=cfg.scheme)
+                    eq = tokenize_cells(ops_b, adj_b, n_tr[bi], scheme=cfg.scheme)
                     d, n = torch.from_numpy(eq.depth).to(device), torch.from_numpy(eq.nodes).to(device)
                     m = None if eq.mask.all() else torch.from_numpy(eq.mask).to(device)
                 with autocast(precision, device):
