@@ -81,6 +81,8 @@ def register(subparsers, bench_parser) -> None:
     _add_once(bench_parser, "--train-sizes", default=None,
               help=f"arena: comma-separated train sizes (default {','.join(map(str, ARENA_TRAIN_SIZES))})")
     _add_once(bench_parser, "--seeds", default=None, help="arena/search: seeds, '0,1,2' or '0-9'")
+    _add_once(bench_parser, "--equivalence", choices=["off", "mean"], default="off",
+              help="arena: score own outputs (off) or all predictors averaged over equivalent NB201 cells")
     _add_once(bench_parser, "--algos", default=None,
               help="search bench: random,evolution,predictor:gbdt (predictor:<name> picks the guide)")
     _add_once(bench_parser, "--budgets", default=None, help="search bench: budgets (default 50,100,150)")
@@ -147,16 +149,32 @@ def cmd_search(args) -> int:
 
 
 # ---------------------------------------------------------------------------- benches
+def equivalence_means(predictor, task, idx: np.ndarray) -> np.ndarray:
+    """Any predictor's NB201 predictions for ``idx``, each averaged over its cell's equivalent
+    cells (spaces/nb201.py): the same treatment for every predictor of the arena."""
+    from .spaces import nb201
+
+    idx = np.asarray(idx, dtype=np.int64)
+    members = nb201.equivalent_indices(idx)
+    means = nb201.mean_over_equivalents(np.asarray(predictor.predict(task, members), dtype=np.float64), members)
+    return means[np.searchsorted(members, idx)]
+
+
 def arena(predictors, train_sizes, seeds, labels=ARENA_LABELS, test_labels=None, val_size=200, data_dir=None,
-          predictor_kwargs: dict | None = None, progress=None) -> dict:
+          predictor_kwargs: dict | None = None, progress=None, equivalence: str = "off") -> dict:
     """Kendall's tau on every architecture outside the split, per predictor, train size and seed.
 
     Splits come from ``tasks.split(task, n, val_size, seed)``: the same cells for every predictor,
-    and the same as a NAR-Former run trained with ``--train-size n --seed s``.
+    and the same as a NAR-Former run trained with ``--train-size n --seed s``. ``equivalence``
+    "off" scores each predictor's own outputs; "mean" scores every predictor's outputs averaged
+    over equivalent cells (:func:`equivalence_means`).
     """
     from .baselines import make_predictor
     from .metrics import kendall_tau
     from .tasks import load_task, split
+
+    if equivalence not in ("off", "mean"):
+        raise ValueError(f"equivalence must be 'off' or 'mean', got {equivalence!r}")
 
     task = load_task("nb201", labels, test_labels or labels, data_dir)
     ok = ~np.isnan(task.y_test)
@@ -169,16 +187,21 @@ def arena(predictors, train_sizes, seeds, labels=ARENA_LABELS, test_labels=None,
             test_idx = np.flatnonzero(unseen)
             for name in predictors:
                 p = make_predictor(name, **(predictor_kwargs or {}).get(name, {}))
+                if hasattr(p, "equivalence"):
+                    p.equivalence = "off"          # the arena applies one treatment to all, below
                 t0, c0 = time.perf_counter(), time.process_time()
                 p.fit(task, tr, va, seed=seed)
                 fit_wall, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
                 t0, c0 = time.perf_counter(), time.process_time()
-                pred = p.predict(task, test_idx)
+                pred = equivalence_means(p, task, test_idx) if equivalence == "mean" else p.predict(task, test_idx)
                 pred_wall, pred_cpu = time.perf_counter() - t0, time.process_time() - c0
+                extra = {}
+                if equivalence == "mean":      # the same fit's own outputs, for the difference
+                    extra["tau_own_outputs"] = kendall_tau(p.predict(task, test_idx), task.y_test[test_idx])
                 row = {"predictor": name, "train_size": n, "seed": seed,
                        "tau": kendall_tau(pred, task.y_test[test_idx]), "n_test": int(test_idx.size),
                        "fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu,
-                       "predict_wall_s": pred_wall, "predict_cpu_s": pred_cpu}
+                       "predict_wall_s": pred_wall, "predict_cpu_s": pred_cpu, "equivalence": equivalence, **extra}
                 # What the predictor chose on its validation cells (GBDT: tree size; torch: step),
                 # so a saved run says how it was made; only scalars (NAR-Former's meta holds its split).
                 meta = getattr(p, "meta", None) if name != "narformer" else None
@@ -216,7 +239,7 @@ def cmd_bench_arena(args) -> int:
                   f"fit {row['fit_wall_s']:.1f}s", file=sys.stderr, flush=True)
 
     res = arena(names, sizes, seeds, args.labels or ARENA_LABELS, args.test_labels, args.val_size, args.data_dir,
-                kw, progress)
+                kw, progress, getattr(args, "equivalence", "off"))
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 

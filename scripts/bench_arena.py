@@ -27,8 +27,9 @@ from narformer_core.cli_search import ARENA_LABELS, _ints, _names, arena, arena_
 OUT = ROOT / "assets" / "results"
 
 
-def narformer_row(path: str, labels: str = ARENA_LABELS) -> dict:
-    """Score a NAR-Former checkpoint like the arena scores its predictors."""
+def narformer_row(path: str, labels: str = ARENA_LABELS, equivalence: str = "off") -> dict:
+    """Score a NAR-Former checkpoint like the arena scores its predictors (``equivalence`` as in
+    cli_search.arena: "off", its own outputs, or "mean" over equivalent cells)."""
     from narformer_core.metrics import kendall_tau
     from narformer_core.predictors import NARFormerPredictor
     from narformer_core.tasks import split
@@ -42,12 +43,19 @@ def narformer_row(path: str, labels: str = ARENA_LABELS) -> dict:
         raise SystemExit(f"{path}: its split is not tasks.split(task, {len(tr)}, {len(va)}, {seed}); not comparable")
     unseen = ~np.isnan(task.y_test)
     unseen[tr] = unseen[va] = False
+    extra = {}
+    if equivalence == "mean":
+        pred.equivalence = "off"
+        own = pred.predict(task)
+        extra["tau_own_outputs"] = kendall_tau(own[unseen], task.y_test[unseen])
+    pred.equivalence = equivalence
     p = pred.predict(task)
     summary = Path(path).parent / "summary.json"
     train_s = json.loads(summary.read_text()).get("train_seconds") if summary.exists() else None
     return {"predictor": "narformer", "train_size": int(len(tr)), "seed": seed,
             "tau": kendall_tau(p[unseen], task.y_test[unseen]), "n_test": int(unseen.sum()),
             "fit_wall_s": train_s, "fit_cpu_s": None, "predict_wall_s": None, "predict_cpu_s": None,
+            "equivalence": equivalence, **extra,
             "source": f"checkpoint {Path(path).parent.name}/{Path(path).name} "
                       f"({pred.meta['train_config'].get('epochs')} epochs)"}
 
@@ -93,24 +101,28 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-2")
     ap.add_argument("--add-narformer", nargs="*", default=[], metavar="CHECKPOINT",
                     help="only merge these NAR-Former checkpoints into the saved table")
+    ap.add_argument("--equivalence", choices=["off", "mean"], default="off",
+                    help="score own outputs (off) or every predictor's outputs averaged over equivalent cells")
     ap.add_argument("--out", default=str(OUT / "arena_nb201.json"))
     ap.add_argument("--fresh", action="store_true", help="replace the saved runs instead of merging into them")
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.exists() and not args.fresh else None
+    if old is not None and {r.get("equivalence", "off") for r in old["runs"]} - {args.equivalence}:
+        raise SystemExit(f"{out} holds runs scored with another --equivalence; use another --out, or --fresh")
     if args.add_narformer:
         if old is None:
             raise SystemExit(f"{out} does not exist yet: run the arena first")
         res = old
-        res["runs"] = _merge(res["runs"], [narformer_row(p) for p in args.add_narformer])
+        res["runs"] = _merge(res["runs"], [narformer_row(p, equivalence=args.equivalence) for p in args.add_narformer])
     else:
         def progress(r):
             print(f"{r['predictor']:>5} n={r['train_size']:<5} seed={r['seed']} tau={r['tau']:.4f} "
                   f"fit {r['fit_cpu_s']:.1f} CPU s / {r['fit_wall_s']:.1f} s", flush=True)
 
         res = arena(_names(args.predictors), _ints(args.train_sizes, "--train-sizes"), _ints(args.seeds, "--seeds"),
-                    progress=progress)
+                    progress=progress, equivalence=args.equivalence)
         cmd = "python scripts/bench_arena.py " + " ".join(sys.argv[1:])
         if old is not None:
             res["runs"] = _merge(old["runs"], res["runs"])

@@ -77,6 +77,15 @@ def test_bench_arena_prints_one_table(capsys):
     assert all(run["n_test"] == 15625 - 300 for run in d["runs"])
 
 
+def test_the_arena_can_average_every_predictor_over_equivalent_cells(capsys):
+    args = ("bench", "arena", "--predictors", "zen", "--train-sizes", "100", "--seeds", "0", "--json", "--quiet")
+    own = json.loads(run(capsys, *args)[1])["runs"][0]
+    mean = json.loads(run(capsys, *args, "--equivalence", "mean")[1])["runs"][0]
+    assert (own["equivalence"], mean["equivalence"]) == ("off", "mean")
+    assert own["n_test"] == mean["n_test"] and own["tau"] != mean["tau"]
+    assert mean["tau_own_outputs"] == pytest.approx(own["tau"])      # zen is deterministic
+
+
 def test_bench_search_prints_a_table(capsys):
     code, out, err = run(capsys, "bench", "search", "--algos", "random,evolution", "--budgets", "10,20",
                          "--seeds", "0-2", "--json", "--quiet")
