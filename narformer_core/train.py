@@ -283,6 +283,9 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = True, 
     """
     if cfg.rank_loss not in ("l1", "logistic"):
         raise ValueError(f"rank_loss must be 'l1' (the paper's) or 'logistic', got {cfg.rank_loss!r}")
+    if cfg.equivalents and cfg.space != "nb201":
+        raise ValueError(f"equivalent-cell copies exist for NB201 cells only, not {cfg.space} "
+                         "(NB101 cells are already pruned to one form each)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dd = distributed.from_env()          # Dist() (one process) unless launched by torchrun

@@ -189,3 +189,12 @@ def test_evaluate_can_show_validation_figures_only(tiny_checkpoints, capsys):
     assert not any(k.startswith("kendall_tau") or k == "tau_vs_sources" for k in val)
     assert val["val_tau_as_predicted"] == pytest.approx(full["val_tau_as_predicted"], abs=1e-6)
     assert val["n_val"] == full["n_val"]
+
+
+def test_copies_are_refused_for_nb101_before_anything_is_written(tmp_path):
+    from narformer_core.train import TrainConfig, train
+
+    cfg = TrainConfig(space="nb101", train_size=50, val_size=50, epochs=1, equivalents=True)
+    with pytest.raises(ValueError, match="NB201 cells only, not nb101"):
+        train(cfg, tmp_path / "run", resume=False, progress=False)
+    assert not (tmp_path / "run").exists()
