@@ -18,6 +18,9 @@ import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARENA_FILE = "arena_nb201.json"
+# The same arena with every predictor's predictions averaged over equivalent NB201 cells
+# (scripts/bench_arena.py --equivalence mean; README, "Equivalent cells").
+EQUIVALENCE_FILE = "arena_nb201_equivalence.json"
 ARENA_COMMAND = ("nice -n 10 python scripts/bench_arena.py --predictors mlp,gin,gbdt,zen "
                  "--train-sizes 100,781,1563 --seeds 0-2")
 # Row order of the table and the legend: the paper's model first, the training-free score last.
@@ -34,8 +37,8 @@ def results_dir() -> Path:
     return Path(env) if env else PROJECT_ROOT / "assets" / "results"
 
 
-def arena_file() -> Path:
-    return results_dir() / ARENA_FILE
+def arena_file(averaged: bool = False) -> Path:
+    return results_dir() / (EQUIVALENCE_FILE if averaged else ARENA_FILE)
 
 
 def display_name(predictor: str) -> str:

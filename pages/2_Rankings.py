@@ -33,6 +33,12 @@ def labels_of(source: str) -> np.ndarray:
 def arena_section() -> None:
     """The saved predictor arena: one table (predictor x train size) and tau against train size."""
     path = arena.arena_file()
+    if arena.arena_file(averaged=True).exists():
+        scores = st.radio("Scores", ["each predictor's own outputs", "averaged over equivalent cells"],
+                          horizontal=True, key="arena_scores",
+                          help="averaged: every predictor's prediction for a cell is the mean over the cells "
+                               "that compute the same function (dead edges, swapped parallel branches)")
+        path = arena.arena_file(averaged=scores.startswith("averaged"))
     try:
         res = arena.load_arena(path)
     except arena.ArenaFileError as e:

@@ -69,3 +69,25 @@ def test_a_broken_results_file_is_an_error_message_not_a_traceback(env):
     at.run()
     no_exception(at)
     assert "Cannot show the predictor arena" in texts(at) and "run 0 lacks train_size, seed, tau" in texts(at)
+
+
+def test_the_averaged_arena_is_one_choice_away(env):
+    runs_file(env, [one("gin", 781, s, t) for s, t in enumerate((0.80, 0.82))])
+    averaged = [dict(one("gin", 781, s, t), equivalence="mean") for s, t in enumerate((0.84, 0.86))]
+    (env / arena.EQUIVALENCE_FILE).write_text(json.dumps({"labels": "nb201-val", "runs": averaged}))
+    at = page(PAGE)
+    at.run()
+    no_exception(at)
+    assert table(at, "predictor")["781 cells"].iloc[0].startswith("0.810 ± 0.010")
+    at.radio(key="arena_scores").set_value("averaged over equivalent cells")
+    at.run()
+    no_exception(at)
+    assert table(at, "predictor")["781 cells"].iloc[0].startswith("0.850 ± 0.010")
+    assert arena.EQUIVALENCE_FILE in texts(at)
+
+
+def test_without_the_averaged_file_there_is_no_choice(env):
+    runs_file(env, [one("gin", 781, 0, 0.8)])
+    at = page(PAGE)
+    at.run()
+    assert not [r for r in at.radio if r.key == "arena_scores"]
