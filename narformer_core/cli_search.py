@@ -149,17 +149,6 @@ def cmd_search(args) -> int:
 
 
 # ---------------------------------------------------------------------------- benches
-def equivalence_means(predictor, task, idx: np.ndarray) -> np.ndarray:
-    """Any predictor's NB201 predictions for ``idx``, each averaged over its cell's equivalent
-    cells (spaces/nb201.py): the same treatment for every predictor of the arena."""
-    from .spaces import nb201
-
-    idx = np.asarray(idx, dtype=np.int64)
-    members = nb201.equivalent_indices(idx)
-    means = nb201.mean_over_equivalents(np.asarray(predictor.predict(task, members), dtype=np.float64), members)
-    return means[np.searchsorted(members, idx)]
-
-
 def arena(predictors, train_sizes, seeds, labels=ARENA_LABELS, test_labels=None, val_size=200, data_dir=None,
           predictor_kwargs: dict | None = None, progress=None, equivalence: str = "off") -> dict:
     """Kendall's tau on every architecture outside the split, per predictor, train size and seed.
@@ -167,10 +156,11 @@ def arena(predictors, train_sizes, seeds, labels=ARENA_LABELS, test_labels=None,
     Splits come from ``tasks.split(task, n, val_size, seed)``: the same cells for every predictor,
     and the same as a NAR-Former run trained with ``--train-size n --seed s``. ``equivalence``
     "off" scores each predictor's own outputs; "mean" scores every predictor's outputs averaged
-    over equivalent cells (:func:`equivalence_means`).
+    over equivalent cells (spaces/nb201.py), the same treatment for every predictor.
     """
     from .baselines import make_predictor
     from .metrics import kendall_tau
+    from .spaces import nb201
     from .tasks import load_task, split
 
     if equivalence not in ("off", "mean"):
@@ -193,11 +183,13 @@ def arena(predictors, train_sizes, seeds, labels=ARENA_LABELS, test_labels=None,
                 p.fit(task, tr, va, seed=seed)
                 fit_wall, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
                 t0, c0 = time.perf_counter(), time.process_time()
-                pred = equivalence_means(p, task, test_idx) if equivalence == "mean" else p.predict(task, test_idx)
-                pred_wall, pred_cpu = time.perf_counter() - t0, time.process_time() - c0
                 extra = {}
-                if equivalence == "mean":      # the same fit's own outputs, for the difference
-                    extra["tau_own_outputs"] = kendall_tau(p.predict(task, test_idx), task.y_test[test_idx])
+                if equivalence == "mean":      # the classes' means, and the same fit's own outputs
+                    own, pred = nb201.own_and_class_means(test_idx, lambda members: p.predict(task, members))
+                    extra["tau_own_outputs"] = kendall_tau(own, task.y_test[test_idx])
+                else:
+                    pred = p.predict(task, test_idx)
+                pred_wall, pred_cpu = time.perf_counter() - t0, time.process_time() - c0
                 row = {"predictor": name, "train_size": n, "seed": seed,
                        "tau": kendall_tau(pred, task.y_test[test_idx]), "n_test": int(test_idx.size),
                        "fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu,

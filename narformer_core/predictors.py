@@ -269,10 +269,7 @@ class NARFormerPredictor(AccuracyPredictor):
             return self._predict_raw(task, idx)
         if idx is None:
             return nb201.mean_over_equivalents(self._predict_raw(task))
-        idx = np.asarray(idx, dtype=np.int64)
-        members = nb201.equivalent_indices(idx)
-        means = nb201.mean_over_equivalents(self._predict_raw(task, members), members)
-        return means[np.searchsorted(members, idx)]
+        return nb201.own_and_class_means(idx, lambda members: self._predict_raw(task, members))[1]
 
     def _predict_raw(self, task: AccuracyTask, idx: np.ndarray | None = None) -> np.ndarray:
         from .train import predict_tokens

@@ -255,3 +255,13 @@ def mean_over_equivalents(values: np.ndarray, indices: np.ndarray | None = None)
     _, inv = np.unique(cls, return_inverse=True)
     sums = np.bincount(inv, weights=values)
     return (sums / np.bincount(inv))[inv]
+
+
+def own_and_class_means(indices: Sequence[int], values_of) -> tuple[np.ndarray, np.ndarray]:
+    """For cells ``indices``: their own values and their classes' means, from one call of
+    ``values_of(members)`` (values for the enumeration indices of every cell of those classes)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    members = equivalent_indices(idx)
+    values = np.asarray(values_of(members), dtype=np.float64)
+    at = np.searchsorted(members, idx)
+    return values[at], mean_over_equivalents(values, members)[at]
