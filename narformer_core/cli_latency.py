@@ -206,10 +206,11 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
         nar_train["target"] = args.target
     static_raw = not getattr(args, "no_static_raw", False)
     scheme = getattr(args, "token_scheme", None) or "nerf"
+    node_raw = bool(getattr(args, "node_raw", False))
     names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN"}
     make = {
         "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
-                                             static_raw=static_raw, scheme=scheme),
+                                             static_raw=static_raw, scheme=scheme, node_raw=node_raw),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
     }
@@ -221,7 +222,8 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
             raise UserError(f"bad options for the {k} predictor: {e}") from None
     # The scheme joins the fingerprint only when it is not the default, so fits cached before the
     # option existed keep their keys.
-    nar_print = [nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
+    nar_print = ([nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
+                 + (["node_raw"] if node_raw else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
                    "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True)}
     if fingerprints is not None:
@@ -368,6 +370,9 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
               help="NAR-Former latency: only the sin/cos codes of the static features, as in the paper")
     _add_once(p, "--token-scheme", default=None, choices=["nerf", "trans"],
               help="NAR-Former latency: frequencies of the tokens' sin/cos codes (default nerf)")
+    _add_once(p, "--node-raw", action="store_true",
+              help="NAR-Former latency: append each operator's own numbers (attributes, output shape, "
+                   "its MACs, parameters and memory access, standardised) to its 480-value token")
     _add_once(p, "--narformer-json", default=None, help="NAR-Former latency training overrides (JSON)")
     _add_once(p, "--nnlp-json", default=None, help="NNLP GNN options (JSON), e.g. '{\"width\": 256}'")
 

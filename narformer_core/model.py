@@ -19,6 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+READOUTS = ("token", "token+sum", "token+lse")
+
+
 @dataclass
 class NARFormerConfig:
     token_dim: int = 192            # width of one node token: 192 for cells, 480 for networks
@@ -35,6 +38,9 @@ class NARFormerConfig:
     # What the latency head reads. "token": the fusion stages' last token (the paper). "token+sum":
     # that token and the sum of the memory's node tokens. Latency is close to a sum of per-operator
     # costs, and a sum readout (as the NNLP graph network has) carries the network's size directly.
+    # "token+lse": that token's head output plus log(sum_i exp(u_i)), u_i a per-operator MLP of
+    # the memory's node tokens: the network's latency as a sum of positive per-operator costs
+    # (each seen in its context), which the log target then compares in relative terms.
     readout: str = "token"
 
     def __post_init__(self):
@@ -48,8 +54,8 @@ class NARFormerConfig:
             raise ValueError("the last fusion stage must leave exactly one token")
         if self.head not in ("accuracy", "latency"):
             raise ValueError(f"unknown head {self.head!r}")
-        if self.readout not in ("token", "token+sum"):
-            raise ValueError(f"unknown readout {self.readout!r}; use 'token' or 'token+sum'")
+        if self.readout not in READOUTS:
+            raise ValueError(f"unknown readout {self.readout!r}; use one of {', '.join(READOUTS)}")
         if self.readout != "token" and self.head != "latency":
             raise ValueError("the sum readout is for the latency head only")
 
@@ -203,6 +209,12 @@ class NARFormer(nn.Module):
             if cfg.readout == "token+sum":
                 self.ln_sum = nn.LayerNorm(d)
                 width += d
+            if cfg.readout == "token+lse":
+                self.node_cost = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h), nn.ReLU(), nn.Linear(h, 1))
+                # The target's scale (log ms = mu + sd * target), set by the trainer: the summed
+                # costs are in log ms, the head's output in target units.
+                self.register_buffer("cost_mu", torch.zeros(()))
+                self.register_buffer("cost_sd", torch.ones(()))
             for out in (h, h // 2, h // 4, h // 8):
                 layers += [nn.Linear(width, out), nn.ReLU(), Dropout(cfg.dropout)]
                 width = out
@@ -247,7 +259,17 @@ class NARFormer(nn.Module):
                              f"per architecture, got {got}")
         if static is not None:
             z = torch.cat([z, static.float()], dim=-1)
-        return self.head(z).squeeze(-1)
+        out = self.head(z).squeeze(-1)
+        if self.cfg.readout == "token+lse":
+            out = out + (self._log_cost_sum(memory, mask) - self.cost_mu) / self.cost_sd
+        return out
+
+    def _log_cost_sum(self, memory, mask):
+        """log sum_i exp(u_i) over the node tokens (padding out; the depth token out)."""
+        u = self.node_cost(memory[:, 1:]).squeeze(-1)                                     # (B, T)
+        if mask is not None:
+            u = u.masked_fill(~mask, float("-inf"))
+        return torch.logsumexp(u, dim=1)
 
     def _node_sum(self, memory, mask):
         """Sum of the normalised node tokens of the memory (padding left out; the depth token too)."""

@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 
 from narformer_core.latency.measure import measure_onnx
-from narformer_core.latency.predictors import (LatencyCheckpointError, NARFormerLatency, gnn_node_features,
-                                               load_predictor, make_predictor, static_log_features)
+from narformer_core.latency.predictors import (NODE_RAW_DIM, NODE_RAW_NUMBERS, LatencyCheckpointError,
+                                               NARFormerLatency, gnn_node_features, load_predictor,
+                                               make_predictor, node_raw_features, static_log_features)
 from narformer_core.metrics import mape
 from narformer_core.onnx_import import from_torch
 
@@ -190,3 +191,62 @@ def test_narformer_fit_with_twins_keeps_its_counts(measured):
     p.fit(graphs[:14], y[:14], val=(graphs[14:], y[14:]), seed=0)
     assert p.meta["n_train"] == 14 and p.meta["twins"] == 1
     assert np.all(np.isfinite(p.predict(graphs)))
+
+
+def test_node_raw_features_carry_each_operators_numbers(measured):
+    g = measured[0][5]                              # width 8, depth 1, kernel 5
+    f = node_raw_features(g)
+    assert f.shape == (len(g), NODE_RAW_DIM)
+    conv = [i for i, n in enumerate(g.nodes) if n.op == "Conv"][0]
+    flags = f[:, NODE_RAW_NUMBERS:]
+    assert f[conv, 0] == 5 and flags[conv, 0] == 1  # kernel, present
+    relu = [i for i, n in enumerate(g.nodes) if n.op == "Relu"][0]
+    assert flags[relu, 0] == 0 and f[relu, 0] == 0  # a Relu has no kernel
+    # its own MACs: 8 output channels x 24 x 24 x (3 x 5 x 5)
+    assert np.isclose(f[conv, 12], np.log1p(8 * 24 * 24 * 3 * 25))
+
+
+def test_narformer_node_raw_and_bf16_round_trip(measured, tmp_path):
+    graphs, y = measured
+    p = NARFormerLatency(model=TINY_NAR["model"], train={**TINY_NAR["train"], "epochs": 4, "precision": "bf16"},
+                         node_raw=True).fit(graphs, y, seed=0)
+    assert p.model_config().token_dim == 480 + NODE_RAW_DIM and p.meta["node_raw"]
+    assert p.summary["precision"] == "bf16"
+    q = load_predictor(p.save(tmp_path / "raw.pt"))
+    assert q.node_raw and q.node_mu.shape == (NODE_RAW_NUMBERS,)
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+    # The appended numbers reach the model, standardised: the Conv's kernel column is (5 - mu) / sd.
+    toks = q._tokens(graphs[5:6])
+    conv = [i for i, n in enumerate(graphs[5].nodes) if n.op == "Conv"][0]
+    assert toks.width == 480 + NODE_RAW_DIM
+    assert np.isclose(toks.flat[conv, 480], (5 - q.node_mu[0]) / q.node_sd[0], atol=2e-3)
+    q.node_mu = q.node_mu + 1.0
+    assert not np.array_equal(q.predict(graphs), p.predict(graphs))
+    # A checkpoint without the statistics is refused with a sentence.
+    st = torch.load(tmp_path / "raw.pt", weights_only=True)
+    del st["arrays"]["node_mu"]
+    torch.save(st, tmp_path / "broken.pt")
+    with pytest.raises(LatencyCheckpointError, match="node_mu"):
+        load_predictor(tmp_path / "broken.pt")
+
+
+def test_cost_sum_readout_ignores_padding_and_round_trips(measured, tmp_path):
+    from narformer_core.model import NARFormer, NARFormerConfig
+
+    cfg = NARFormerConfig(token_dim=16, depth_dim=16, d_model=16, n_heads=2, ffn_dim=32, depths=(1, 1, 1, 1),
+                          head="latency", readout="token+lse", head_hidden=32)
+    torch.manual_seed(0)
+    m = NARFormer(cfg).eval()
+    d, n = torch.randn(1, 16), torch.randn(1, 5, 16)
+    padded = torch.cat([n, torch.randn(1, 3, 16)], dim=1)
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    assert torch.allclose(m(d, n), m(d, padded, mask), atol=1e-5)
+    graphs, y = measured
+    p = NARFormerLatency(model={**TINY_NAR["model"], "readout": "token+lse"},
+                         train={**TINY_NAR["train"], "epochs": 4, "target": "log"}).fit(graphs, y, seed=0)
+    assert p.net.cost_sd.item() == pytest.approx(p.target.sd)     # the trainer set the target's scale
+    q = load_predictor(p.save(tmp_path / "lse.pt"))
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+    with pytest.raises(ValueError, match="log space"):
+        NARFormerLatency(model={**TINY_NAR["model"], "readout": "token+lse"},
+                         train={**TINY_NAR["train"], "epochs": 1, "target": "ms"}).fit(graphs, y, seed=0)

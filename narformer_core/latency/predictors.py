@@ -261,7 +261,7 @@ class NARFormerLatency(LatencyPredictor):
     kind = "narformer"
 
     def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
-                 device: str = "cpu", scheme: str = "nerf"):
+                 device: str = "cpu", scheme: str = "nerf", node_raw: bool = False):
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"unknown token scheme {scheme!r}; use one of {SCHEMES}")
@@ -272,9 +272,13 @@ class NARFormerLatency(LatencyPredictor):
         # gives integers such as channel counts codes that look unrelated to their neighbours';
         # "trans" (1 .. 1e-4) also has slow frequencies, whose phases grow smoothly with size.
         self.scheme = scheme
+        # Per-operator numbers beside each 480-value token (node_raw_features): the token's
+        # sin/cos codes tell values apart but carry no "bigger" direction (see static_raw above).
+        self.node_raw = bool(node_raw)
         self.net = None
         self.target = None
         self.static_mu = self.static_sd = None
+        self.node_mu = self.node_sd = None
         self.offset_model: FlopsRegression | None = None
         self.summary: dict = {}
 
@@ -283,7 +287,8 @@ class NARFormerLatency(LatencyPredictor):
         from ..network_tokenizer import NETWORK_DEPTH_DIM, NETWORK_TOKEN_DIM, STATIC_DIM
 
         extra = 4 if self.static_raw else 0
-        return NARFormerConfig(**{**self.model_overrides, "token_dim": NETWORK_TOKEN_DIM,
+        token_dim = NETWORK_TOKEN_DIM + (NODE_RAW_DIM if self.node_raw else 0)
+        return NARFormerConfig(**{**self.model_overrides, "token_dim": token_dim,
                                   "depth_dim": NETWORK_DEPTH_DIM, "head": "latency",
                                   "static_dim": STATIC_DIM + extra})
 
@@ -295,7 +300,19 @@ class NARFormerLatency(LatencyPredictor):
         if self.static_raw:
             raw = (static_log_features(graphs) - self.static_mu) / self.static_sd
             static = np.concatenate([static, raw.astype(np.float32)], axis=1)
-        return TokenSet(np.stack([p[0] for p in parts]), [p[1] for p in parts], static)
+        nodes = [p[1] for p in parts]
+        if self.node_raw:
+            nodes = [np.concatenate([t, self._node_numbers(g)], axis=1) for t, g in zip(nodes, graphs)]
+        return TokenSet(np.stack([p[0] for p in parts]), nodes, static)
+
+    def _node_numbers(self, g) -> np.ndarray:
+        f = _cached("noderaw", g, node_raw_features)
+        k = NODE_RAW_NUMBERS
+        flags = f[:, k:]
+        present = np.concatenate([flags, np.ones((len(f), k - flags.shape[1]), np.float32)], axis=1)
+        z = (f[:, :k] - self.node_mu) / self.node_sd * present       # an absent number stays 0
+        end = np.zeros((1, NODE_RAW_DIM), np.float32)                 # the end token has no numbers
+        return np.concatenate([np.concatenate([z, flags], axis=1), end]).astype(np.float16)
 
     def _offsets(self, graphs):
         return None if self.offset_model is None else self.offset_model.predict_log(graphs)
@@ -308,6 +325,15 @@ class NARFormerLatency(LatencyPredictor):
         tg, ty, vg, vy = self._prepare_val(graphs, y, val, seed)
         x = static_log_features(tg)
         self.static_mu, self.static_sd = x.mean(0), np.where(x.std(0) > 1e-9, x.std(0), 1.0)
+        if self.node_raw:
+            # Statistics over the operators that have each number (absent ones are 0 with flag 0).
+            f = np.concatenate([_cached("noderaw", g, node_raw_features) for g in tg])
+            num, present = f[:, :NODE_RAW_NUMBERS], f[:, NODE_RAW_NUMBERS:]
+            present = np.concatenate([present, np.ones((len(f), NODE_RAW_NUMBERS - present.shape[1]))], axis=1)
+            cnt = np.maximum(present.sum(0), 1.0)
+            mu = (num * present).sum(0) / cnt
+            sd = np.sqrt((((num - mu) * present) ** 2).sum(0) / cnt)
+            self.node_mu, self.node_sd = mu, np.where(sd > 1e-6, sd, 1.0)
         cfg = LatencyTrainConfig(**{**self.train_overrides, "seed": seed, "device": self.device})
         self.offset_model = FlopsRegression().fit(tg, ty) if cfg.target == "residual" else None
         n_train = len(tg)
@@ -317,7 +343,7 @@ class NARFormerLatency(LatencyPredictor):
             self.model_config(), self._tokens(tg), ty, self._tokens(vg), vy, cfg,
             offset_train=self._offsets(tg), offset_val=self._offsets(vg), progress=progress,
             desc="NAR-Former latency")
-        self.meta.update({"n_train": n_train, "n_val": len(vg), "twins": cfg.twins,
+        self.meta.update({"n_train": n_train, "n_val": len(vg), "twins": cfg.twins, "node_raw": self.node_raw,
                           "val_mape": self.summary["val_mape"], "selected": self.summary["selected"],
                           "selected_epoch": self.summary["selected_epoch"],
                           "train_seconds": self.summary["train_seconds"]})
@@ -336,9 +362,11 @@ class NARFormerLatency(LatencyPredictor):
         return {"config": {"model": _plain(self.model_config().to_dict()),
                            "model_overrides": _plain(self.model_overrides),
                            "train": _plain(self.train_overrides), "static_raw": self.static_raw,
-                           "scheme": self.scheme},
+                           "scheme": self.scheme, "node_raw": self.node_raw},
                 "state_dict": self.net.state_dict(), "target": self.target.state(),
-                "arrays": {"static_mu": torch.from_numpy(self.static_mu), "static_sd": torch.from_numpy(self.static_sd)},
+                "arrays": {"static_mu": torch.from_numpy(self.static_mu), "static_sd": torch.from_numpy(self.static_sd),
+                           **({"node_mu": torch.from_numpy(self.node_mu), "node_sd": torch.from_numpy(self.node_sd)}
+                              if self.node_raw else {})},
                 "offset": None if self.offset_model is None else self.offset_model._state()}
 
     def _load_state(self, st):
@@ -348,6 +376,7 @@ class NARFormerLatency(LatencyPredictor):
         self.model_overrides, self.train_overrides = c["model_overrides"], c["train"]
         self.static_raw = c["static_raw"]
         self.scheme = c.get("scheme", "nerf")      # checkpoints before the option: nerf
+        self.node_raw = bool(c.get("node_raw", False))
         if self.scheme not in SCHEMES:
             raise LatencyCheckpointError(f"the latency checkpoint names an unknown token scheme {self.scheme!r}")
         # The config is bounded by the saved tensors before anything is built: a doctored config
@@ -358,6 +387,12 @@ class NARFormerLatency(LatencyPredictor):
         from .train_latency import LatencyTarget
         self.target = LatencyTarget.from_state(st["target"])
         self.static_mu, self.static_sd = st["arrays"]["static_mu"].numpy(), st["arrays"]["static_sd"].numpy()
+        self.node_mu = self.node_sd = None
+        if self.node_raw:
+            self.node_mu, self.node_sd = st["arrays"]["node_mu"].numpy(), st["arrays"]["node_sd"].numpy()
+            if self.node_mu.shape != (NODE_RAW_NUMBERS,) or self.node_sd.shape != (NODE_RAW_NUMBERS,):
+                raise LatencyCheckpointError(f"the latency checkpoint's per-operator statistics have shape "
+                                             f"{tuple(self.node_mu.shape)}, not ({NODE_RAW_NUMBERS},)")
         if st.get("offset"):
             self.offset_model = FlopsRegression()
             self.offset_model._load_state(st["offset"])
@@ -403,6 +438,25 @@ def gnn_node_features(g: ArchGraph) -> tuple[np.ndarray, np.ndarray]:
     dst = [i for i, node in enumerate(g.nodes) for _ in set(node.inputs)]
     edges = np.array([src + dst, dst + src], dtype=np.int64).reshape(2, -1)
     return np.concatenate([onehot, num, flags], axis=1), edges
+
+
+# Per-operator numbers for NAR-Former's node_raw option: the GNN's 12 numbers (attributes and
+# output shape, log scale) and log1p of the operator's own MACs, parameters and memory access,
+# then the 12 "present" flags (the three cost numbers are always present).
+NODE_RAW_NUMBERS = len(_ATTR_SLOTS) + len(_SHAPE_SLOTS) + 3
+NODE_RAW_DIM = NODE_RAW_NUMBERS + len(_ATTR_SLOTS) + len(_SHAPE_SLOTS)
+
+
+def node_raw_features(g: ArchGraph) -> np.ndarray:
+    """(n, NODE_RAW_DIM) float32: [numbers (absent = 0), present flags] per operator, unstandardised."""
+    from ..features import per_node_features
+
+    feats, _ = gnn_node_features(g)
+    k = len(_ATTR_SLOTS) + len(_SHAPE_SLOTS)
+    base = feats.shape[1] - 2 * k
+    rows = per_node_features(g)
+    cost = np.log1p(np.array([[r["flops"], r["params"], r["memory_access"]] for r in rows], dtype=np.float64))
+    return np.concatenate([feats[:, base:base + k], cost.astype(np.float32), feats[:, base + k:]], axis=1)
 
 
 class _SAGE(nn.Module):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..metrics import acc_within, kendall_tau, mape
 from ..model import NARFormer, NARFormerConfig
-from ..train import ema_update, lr_factor, param_groups
+from ..train import autocast, ema_update, lr_factor, param_groups, resolve_precision
 
 TARGETS = ("log", "ms", "residual")
 
@@ -64,6 +64,9 @@ class LatencyTrainConfig:
     # random topological order (NARFormerLatency.fit). Positions and sources in the tokens change,
     # the computation and its latency do not: the model is shown that numbering carries no cost.
     twins: int = 0
+    # "fp32" or "bf16" (autocast of the matrix products; the head stays float32, see model.py), or
+    # "auto": bf16 where the CPU has native bf16 arithmetic (train.resolve_precision).
+    precision: str = "fp32"
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -183,13 +186,15 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 @torch.no_grad()
-def predict_raw(model: NARFormer, data: TokenSet, device="cpu", batch: int = 128) -> np.ndarray:
+def predict_raw(model: NARFormer, data: TokenSet, device="cpu", batch: int = 128,
+                precision: str = "fp32") -> np.ndarray:
     """Model outputs (target units) for every item, in length-sorted chunks."""
     was = model.training
     model.eval()
     order = np.argsort(data.lengths, kind="stable")
     out = np.zeros(len(data), dtype=np.float64)
-    with torch.inference_mode():
+    device = torch.device(device)
+    with torch.inference_mode(), autocast(resolve_precision(precision, device), device):
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             d, n, m, s = data.batch(idx, device)
@@ -213,6 +218,22 @@ def init_latency_head(model: NARFormer) -> None:
         torch.nn.init.zeros_(m.bias)
 
 
+def init_cost_readout(model: NARFormer, target: "LatencyTarget", lengths: np.ndarray) -> None:
+    """Scale of the summed per-operator costs, and a start near the mean latency.
+
+    The costs are summed in ms (their log-sum-exp is log ms); the model's output is in target
+    units, so it needs the target's mu and sd. The last bias starts every operator at
+    exp(mean log ms) / typical length, so that the untrained sum is about the mean latency.
+    """
+    if target.kind == "ms":
+        raise ValueError("the token+lse readout sums costs in log space: use the log or residual target")
+    model.cost_mu.fill_(target.mu)
+    model.cost_sd.fill_(target.sd)
+    last = model.node_cost[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.constant_(last.bias, target.mu - float(np.log(np.mean(lengths))))
+
+
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -227,6 +248,7 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     target = LatencyTarget.fit(cfg.target, y_train_ms, offset_train if cfg.target == "residual" else None)
     off_tr = offset_train if cfg.target == "residual" else None
     off_va = offset_val if cfg.target == "residual" else None
@@ -238,6 +260,8 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
     model = NARFormer(model_cfg)
     if cfg.head_init == "kaiming":
         init_latency_head(model)
+    if model_cfg.readout == "token+lse":
+        init_cost_readout(model, target, train.lengths)
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -257,7 +281,8 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
         loss_sum = 0.0
         for bi in length_batches(train.lengths, cfg.batch_size, rng):
             d, n, m, s = train.batch(bi, device)
-            pred = model(d, n, m, s)
+            with autocast(precision, device):
+                pred = model(d, n, m, s)
             y = y_tr[torch.from_numpy(bi).to(device)]
             loss = F.mse_loss(pred, y)
             if cfg.lambda_rank and len(bi) > 1:
@@ -276,6 +301,7 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
         if (epoch + 1) % cfg.eval_every == 0 or last or out_of_time:
             row = {"epoch": epoch + 1, "loss": loss_sum / max(1, steps_per_epoch)}
             for which, net in (("raw", model), ("ema", ema)):
+                # Validation in float32, as the fitted predictor will predict (predict_raw's default).
                 ms = target.inverse(predict_raw(net, val, device), off_va)
                 row[f"val_mape_{which}"] = mape(ms, y_val_ms)
                 if row[f"val_mape_{which}"] < best["mape"]:
@@ -294,7 +320,8 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
     model.load_state_dict(best["state"])
     model.eval()
     summary = {"selected": best["which"], "selected_epoch": best["epoch"], "val_mape": best["mape"],
-               "epochs_run": epoch + 1, "steps": step, "train_seconds": round(time.perf_counter() - t0, 1),
+               "epochs_run": epoch + 1, "steps": step, "precision": precision,
+               "train_seconds": round(time.perf_counter() - t0, 1),
                "history": history}
     return model, target, summary
 
