@@ -250,3 +250,24 @@ def test_cost_sum_readout_ignores_padding_and_round_trips(measured, tmp_path):
     with pytest.raises(ValueError, match="log space"):
         NARFormerLatency(model={**TINY_NAR["model"], "readout": "token+lse"},
                          train={**TINY_NAR["train"], "epochs": 1, "target": "ms"}).fit(graphs, y, seed=0)
+
+
+def test_narformer_members_average_and_round_trip(measured, tmp_path):
+    graphs, y = measured
+    opts = dict(model=TINY_NAR["model"], train={**TINY_NAR["train"], "epochs": 3})
+    single = NARFormerLatency(**opts).fit(graphs, y, seed=0)
+    pair = NARFormerLatency(**opts, members=2).fit(graphs, y, seed=0)
+    assert pair.meta["members"] == 2 and len(pair.meta["member_val_mape"]) == 2
+    # member 0 is the single fit; the pair's prediction is the mean of its members' log outputs
+    assert pair.meta["member_val_mape"][0] == pytest.approx(single.meta["val_mape"])
+    q = load_predictor(pair.save(tmp_path / "pair.pt"))
+    assert q.members == 2
+    np.testing.assert_allclose(q.predict(graphs), pair.predict(graphs), rtol=1e-5)
+    assert not np.allclose(pair.predict(graphs), single.predict(graphs), rtol=1e-4)
+    st = torch.load(tmp_path / "pair.pt", weights_only=True)
+    st["config"]["members"] = 3
+    torch.save(st, tmp_path / "lying.pt")
+    with pytest.raises(LatencyCheckpointError, match="names 3 members but holds 2"):
+        load_predictor(tmp_path / "lying.pt")
+    with pytest.raises(ValueError, match="at least 1"):
+        NARFormerLatency(members=0)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -261,7 +262,7 @@ class NARFormerLatency(LatencyPredictor):
     kind = "narformer"
 
     def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
-                 device: str = "cpu", scheme: str = "nerf", node_raw: bool = False):
+                 device: str = "cpu", scheme: str = "nerf", node_raw: bool = False, members: int = 1):
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"unknown token scheme {scheme!r}; use one of {SCHEMES}")
@@ -275,6 +276,11 @@ class NARFormerLatency(LatencyPredictor):
         # Per-operator numbers beside each 480-value token (node_raw_features): the token's
         # sin/cos codes tell values apart but carry no "bigger" direction (see static_raw above).
         self.node_raw = bool(node_raw)
+        # Several networks trained alike from other initial seeds, their outputs averaged (in the
+        # target's log units, so a geometric mean of ms): what the shipped accuracy files do too.
+        if int(members) < 1:
+            raise ValueError(f"members must be at least 1, got {members}")
+        self.members = int(members)
         self.net = None
         self.target = None
         self.static_mu = self.static_sd = None
@@ -339,11 +345,28 @@ class NARFormerLatency(LatencyPredictor):
         n_train = len(tg)
         if cfg.twins:
             tg, ty = renumbered_twins(tg, ty, cfg.twins, seed)
-        self.net, self.target, self.summary = train_token_model(
-            self.model_config(), self._tokens(tg), ty, self._tokens(vg), vy, cfg,
-            offset_train=self._offsets(tg), offset_val=self._offsets(vg), progress=progress,
-            desc="NAR-Former latency")
+        train_tokens, val_tokens = self._tokens(tg), self._tokens(vg)
+        nets, runs = [], []
+        for j in range(self.members):
+            # Member 0 is exactly the single fit; the others differ only in their initial seed.
+            net, self.target, run = train_token_model(
+                self.model_config(), train_tokens, ty, val_tokens, vy, replace(cfg, seed=cfg.seed + 1000 * j),
+                offset_train=self._offsets(tg), offset_val=self._offsets(vg), progress=progress,
+                desc=f"NAR-Former latency {j + 1}/{self.members}" if self.members > 1 else "NAR-Former latency")
+            nets.append(net)
+            runs.append(run)
+        self.summary = runs[0]
+        if self.members > 1:
+            from ..model import NARFormerEnsemble
+            from .train_latency import predict_raw
+            self.net = NARFormerEnsemble(nets).eval()
+            ens = self.target.inverse(predict_raw(self.net, val_tokens, self.device), self._offsets(vg))
+            self.summary = {**runs[0], "val_mape": mape(ens, vy), "member_val_mape": [r["val_mape"] for r in runs],
+                            "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
+        else:
+            self.net = nets[0]
         self.meta.update({"n_train": n_train, "n_val": len(vg), "twins": cfg.twins, "node_raw": self.node_raw,
+                          "members": self.members, "member_val_mape": self.summary.get("member_val_mape"),
                           "val_mape": self.summary["val_mape"], "selected": self.summary["selected"],
                           "selected_epoch": self.summary["selected_epoch"],
                           "train_seconds": self.summary["train_seconds"]})
@@ -362,15 +385,22 @@ class NARFormerLatency(LatencyPredictor):
         return {"config": {"model": _plain(self.model_config().to_dict()),
                            "model_overrides": _plain(self.model_overrides),
                            "train": _plain(self.train_overrides), "static_raw": self.static_raw,
-                           "scheme": self.scheme, "node_raw": self.node_raw},
-                "state_dict": self.net.state_dict(), "target": self.target.state(),
+                           "scheme": self.scheme, "node_raw": self.node_raw, "members": self.members},
+                # One network: "state_dict". An ensemble: its first member there, the rest in
+                # "member_state_dicts" (so a file reads the same way either way).
+                "state_dict": self._member_nets()[0].state_dict(),
+                "member_state_dicts": [m.state_dict() for m in self._member_nets()[1:]],
+                "target": self.target.state(),
                 "arrays": {"static_mu": torch.from_numpy(self.static_mu), "static_sd": torch.from_numpy(self.static_sd),
                            **({"node_mu": torch.from_numpy(self.node_mu), "node_sd": torch.from_numpy(self.node_sd)}
                               if self.node_raw else {})},
                 "offset": None if self.offset_model is None else self.offset_model._state()}
 
+    def _member_nets(self) -> list:
+        return list(self.net.members) if hasattr(self.net, "members") else [self.net]
+
     def _load_state(self, st):
-        from ..model import NARFormer, NARFormerConfig
+        from ..model import NARFormer, NARFormerConfig, NARFormerEnsemble
 
         c = st["config"]
         self.model_overrides, self.train_overrides = c["model_overrides"], c["train"]
@@ -382,8 +412,17 @@ class NARFormerLatency(LatencyPredictor):
         # The config is bounded by the saved tensors before anything is built: a doctored config
         # cannot make the loader allocate a huge model, and another model size is named as such.
         from ..predictors import checked_module, narformer_bounds
-        self.net = checked_module(lambda: NARFormer(NARFormerConfig(**c["model"])), st["state_dict"],
-                                  "the latency checkpoint", LatencyCheckpointError, *narformer_bounds(c["model"]))
+        rest = st.get("member_state_dicts") or []
+        if not isinstance(rest, list):
+            raise LatencyCheckpointError("the latency checkpoint's member_state_dicts is not a list")
+        self.members = 1 + len(rest)
+        if self.members != int(c.get("members", 1)):
+            raise LatencyCheckpointError(f"the latency checkpoint names {c.get('members', 1)} members "
+                                         f"but holds {self.members} networks")
+        nets = [checked_module(lambda: NARFormer(NARFormerConfig(**c["model"])), sd, "the latency checkpoint",
+                               LatencyCheckpointError, *narformer_bounds(c["model"]))
+                for sd in [st["state_dict"], *rest]]
+        self.net = nets[0] if len(nets) == 1 else NARFormerEnsemble(nets).eval()
         from .train_latency import LatencyTarget
         self.target = LatencyTarget.from_state(st["target"])
         self.static_mu, self.static_sd = st["arrays"]["static_mu"].numpy(), st["arrays"]["static_sd"].numpy()

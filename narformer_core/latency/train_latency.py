@@ -54,6 +54,9 @@ class LatencyTrainConfig:
     ema_decay: float = 0.99          # per step
     target: str = "log"
     lambda_rank: float = 0.0         # the paper's pairwise rank loss, on the target scale
+    # "mse" (the paper's), or "l1": on a log target |error| is the relative error that MAPE
+    # averages, and it leans less on the few networks whose labels a slow session spoiled.
+    loss: str = "mse"
     eval_every: int = 1
     seed: int = 0
     threads: int = 1                 # torch intra-op threads (0: leave as is); see set_threads
@@ -72,6 +75,8 @@ class LatencyTrainConfig:
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"unknown latency target {self.target!r}; use one of {TARGETS}")
+        if self.loss not in ("mse", "l1"):
+            raise ValueError(f"unknown latency loss {self.loss!r}; use mse or l1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -284,7 +289,7 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
             with autocast(precision, device):
                 pred = model(d, n, m, s)
             y = y_tr[torch.from_numpy(bi).to(device)]
-            loss = F.mse_loss(pred, y)
+            loss = F.l1_loss(pred, y) if cfg.loss == "l1" else F.mse_loss(pred, y)
             if cfg.lambda_rank and len(bi) > 1:
                 p = torch.randperm(len(bi), generator=gen).to(device)
                 loss = loss + cfg.lambda_rank * F.l1_loss(pred - pred[p], y - y[p])
