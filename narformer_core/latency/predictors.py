@@ -19,6 +19,12 @@
   memorised its 120 training networks (training loss ~0, validation MAPE 23-26% against the
   regression's 11-16%), while the residual starts from the regression and keeps only what the
   tokens add on validation.
+  Session 9 options (assets/latency/README.md): ``node_raw`` appends each operator's own numbers
+  (attributes and output shape on a log scale, its MACs, parameters and memory access,
+  standardised, with "present" flags) to its 480-value token, the magnitudes the sin/cos codes do
+  not carry; ``members`` averages several networks trained from other seeds; the model's
+  ``readout`` may add the sum of the node tokens ("token+sum") or a sum of per-operator costs
+  ("token+lse"); ``LatencyTrainConfig.precision`` "bf16" trains under bfloat16 autocast.
 * ``FlopsRegression``: ridge regression of log latency on a degree-2 polynomial of the log
   static features (the classic "latency from FLOPs" proxy, with params and memory access).
 * ``NNLPGraphNet``: an NNLP-style graph network in plain torch: node features = op one-hot +
