@@ -191,15 +191,13 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 
 @torch.no_grad()
-def predict_raw(model: NARFormer, data: TokenSet, device="cpu", batch: int = 128,
-                precision: str = "fp32") -> np.ndarray:
+def predict_raw(model: NARFormer, data: TokenSet, device="cpu", batch: int = 128) -> np.ndarray:
     """Model outputs (target units) for every item, in length-sorted chunks."""
     was = model.training
     model.eval()
     order = np.argsort(data.lengths, kind="stable")
     out = np.zeros(len(data), dtype=np.float64)
-    device = torch.device(device)
-    with torch.inference_mode(), autocast(resolve_precision(precision, device), device):
+    with torch.inference_mode():
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
             d, n, m, s = data.batch(idx, device)
@@ -306,7 +304,7 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
         if (epoch + 1) % cfg.eval_every == 0 or last or out_of_time:
             row = {"epoch": epoch + 1, "loss": loss_sum / max(1, steps_per_epoch)}
             for which, net in (("raw", model), ("ema", ema)):
-                # Validation in float32, as the fitted predictor will predict (predict_raw's default).
+                # Validation in float32 (predict_raw), as the fitted predictor will predict.
                 ms = target.inverse(predict_raw(net, val, device), off_va)
                 row[f"val_mape_{which}"] = mape(ms, y_val_ms)
                 if row[f"val_mape_{which}"] < best["mape"]:
