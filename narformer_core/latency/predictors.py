@@ -320,11 +320,9 @@ class NARFormerLatency(LatencyPredictor):
     def _node_numbers(self, g) -> np.ndarray:
         f = _cached("noderaw", g, node_raw_features)
         k = NODE_RAW_NUMBERS
-        flags = f[:, k:]
-        present = np.concatenate([flags, np.ones((len(f), k - flags.shape[1]), np.float32)], axis=1)
-        z = (f[:, :k] - self.node_mu) / self.node_sd * present       # an absent number stays 0
-        end = np.zeros((1, NODE_RAW_DIM), np.float32)                 # the end token has no numbers
-        return np.concatenate([np.concatenate([z, flags], axis=1), end]).astype(np.float16)
+        z = (f[:, :k] - self.node_mu) / self.node_sd * node_raw_presence(f)   # an absent number stays 0
+        end = np.zeros((1, NODE_RAW_DIM), np.float32)                         # the end token has no numbers
+        return np.concatenate([np.concatenate([z, f[:, k:]], axis=1), end]).astype(np.float16)
 
     def _offsets(self, graphs):
         return None if self.offset_model is None else self.offset_model.predict_log(graphs)
@@ -340,8 +338,7 @@ class NARFormerLatency(LatencyPredictor):
         if self.node_raw:
             # Statistics over the operators that have each number (absent ones are 0 with flag 0).
             f = np.concatenate([_cached("noderaw", g, node_raw_features) for g in tg])
-            num, present = f[:, :NODE_RAW_NUMBERS], f[:, NODE_RAW_NUMBERS:]
-            present = np.concatenate([present, np.ones((len(f), NODE_RAW_NUMBERS - present.shape[1]))], axis=1)
+            num, present = f[:, :NODE_RAW_NUMBERS], node_raw_presence(f)
             cnt = np.maximum(present.sum(0), 1.0)
             mu = (num * present).sum(0) / cnt
             sd = np.sqrt((((num - mu) * present) ** 2).sum(0) / cnt)
@@ -502,6 +499,13 @@ def node_raw_features(g: ArchGraph) -> np.ndarray:
     rows = per_node_features(g)
     cost = np.log1p(np.array([[r["flops"], r["params"], r["memory_access"]] for r in rows], dtype=np.float64))
     return np.concatenate([feats[:, base:base + k], cost.astype(np.float32), feats[:, base + k:]], axis=1)
+
+
+def node_raw_presence(f: np.ndarray) -> np.ndarray:
+    """(n, NODE_RAW_NUMBERS) 1 where a number of ``node_raw_features`` is present (the three cost
+    numbers always are)."""
+    flags = f[:, NODE_RAW_NUMBERS:]
+    return np.concatenate([flags, np.ones((len(f), NODE_RAW_NUMBERS - flags.shape[1]), np.float32)], axis=1)
 
 
 class _SAGE(nn.Module):
