@@ -349,12 +349,13 @@ class NARFormerLatency(LatencyPredictor):
         if cfg.twins:
             tg, ty = renumbered_twins(tg, ty, cfg.twins, seed)
         train_tokens, val_tokens = self._tokens(tg), self._tokens(vg)
+        off_train, off_val = self._offsets(tg), self._offsets(vg)
         nets, runs = [], []
         for j in range(self.members):
             # Member 0 is exactly the single fit; the others differ only in their initial seed.
             net, self.target, run = train_token_model(
                 self.model_config(), train_tokens, ty, val_tokens, vy, replace(cfg, seed=cfg.seed + 1000 * j),
-                offset_train=self._offsets(tg), offset_val=self._offsets(vg), progress=progress,
+                offset_train=off_train, offset_val=off_val, progress=progress,
                 desc=f"NAR-Former latency {j + 1}/{self.members}" if self.members > 1 else "NAR-Former latency")
             nets.append(net)
             runs.append(run)
@@ -363,7 +364,7 @@ class NARFormerLatency(LatencyPredictor):
             from ..model import NARFormerEnsemble
             from .train_latency import predict_raw
             self.net = NARFormerEnsemble(nets).eval()
-            ens = self.target.inverse(predict_raw(self.net, val_tokens, self.device), self._offsets(vg))
+            ens = self.target.inverse(predict_raw(self.net, val_tokens, self.device), off_val)
             self.summary = {**runs[0], "val_mape": mape(ens, vy), "member_val_mape": [r["val_mape"] for r in runs],
                             "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
         else:
