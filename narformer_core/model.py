@@ -20,6 +20,9 @@ import torch.nn.functional as F
 
 
 READOUTS = ("token", "token+sum", "token+lse")
+# Relation of query token i to key token j for graph_bias: unrelated (also the depth and end
+# tokens and padding), j is a source of i, j consumes i, i is j.
+RELATIONS = ("none", "source", "consumer", "self")
 
 
 @dataclass
@@ -42,6 +45,13 @@ class NARFormerConfig:
     # the memory's node tokens: the network's latency as a sum of positive per-operator costs
     # (each seen in its context), which the log target then compares in relative terms.
     readout: str = "token"
+    # Graph-aware self-attention in the stage-1 encoder: each block adds a learned bias per head
+    # to the attention logit of every pair of tokens, by the pair's relation in the graph (see
+    # RELATIONS). The tokens name their sources only through sin/cos position codes, which
+    # attention has to learn to match; a latency depends on the neighbours (a Conv followed by a
+    # Relu runs as one fused kernel), and the bias hands attention the edges directly. The biases
+    # start at zero, so an untrained model attends as the plain one does.
+    graph_bias: bool = False
 
     def __post_init__(self):
         self.depths = tuple(self.depths)
@@ -112,7 +122,8 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d, 2 * d)
         self.proj = nn.Linear(d, d)
 
-    def forward(self, x, context=None, key_mask=None):
+    def forward(self, x, context=None, key_mask=None, bias=None):
+        # bias: None or (B, h, Tq, Tk) float, added to the attention logits.
         B, Tq, d = x.shape
         ctx = x if context is None else context
         Tk, h = ctx.shape[1], self.n_heads
@@ -127,10 +138,15 @@ class Attention(nn.Module):
             # fused and 0.87 s written out (float32: 2.08 s fused, 2.47 s written out, so float32
             # keeps the kernel).
             w = (q @ k.transpose(-2, -1)) * (d // h) ** -0.5                         # (B, h, Tq, Tk)
+            if bias is not None:
+                w = w + bias
             if mask is not None:
                 w = w.masked_fill(~mask, float("-inf"))
             y = dropout(w.softmax(dim=-1), self.dropout, dropping) @ v
         else:
+            if bias is not None:
+                bias = bias.to(q.dtype)
+                mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, Tq, d))
@@ -151,8 +167,8 @@ class EncoderBlock(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x, key_mask=None):
-        x = x + self.drop(self.attn(self.ln1(x), key_mask=key_mask))
+    def forward(self, x, key_mask=None, bias=None):
+        x = x + self.drop(self.attn(self.ln1(x), key_mask=key_mask, bias=bias))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
@@ -199,6 +215,9 @@ class NARFormer(nn.Module):
         self.depth_embed = nn.Sequential(nn.Linear(cfg.depth_dim, d), nn.ReLU())
         self.token_embed = nn.Identity() if cfg.token_dim == d else nn.Linear(cfg.token_dim, d)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.depths[0]))
+        if cfg.graph_bias:
+            self.relation_bias = nn.ModuleList(nn.Embedding(len(RELATIONS), cfg.n_heads)
+                                               for _ in range(cfg.depths[0]))
         self.stages = nn.ModuleList(FusionStage(cfg, m, k) for m, k in zip(cfg.queries, cfg.depths[1:]))
         self.ln_f = nn.LayerNorm(d)
         if cfg.head == "accuracy":
@@ -220,6 +239,9 @@ class NARFormer(nn.Module):
                 width = out
             self.head = nn.Sequential(*layers, nn.Linear(width, 1))
         self.apply(self._init)
+        if cfg.graph_bias:
+            for emb in self.relation_bias:
+                nn.init.zeros_(emb.weight)
 
     @staticmethod
     def _init(m):
@@ -230,14 +252,17 @@ class NARFormer(nn.Module):
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, depth, nodes, mask=None, static=None):
-        # depth (B, depth_dim), nodes (B, T, token_dim), mask (B, T) bool or None
+    def forward(self, depth, nodes, mask=None, static=None, relation=None):
+        # depth (B, depth_dim), nodes (B, T, token_dim), mask (B, T) bool or None,
+        # relation (B, T, T) integer indices into RELATIONS (graph_bias models only)
         x = torch.cat([self.depth_embed(depth)[:, None], self.token_embed(nodes)], dim=1)  # (B, 1+T, d)
         key_mask = None
         if mask is not None and not bool(mask.all()):
             key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)           # (B, 1+T)
-        for blk in self.encoder:
-            x = blk(x, key_mask)
+        rel = self._relations(relation, x.shape[1])
+        for i, blk in enumerate(self.encoder):
+            bias = None if rel is None else self.relation_bias[i](rel).permute(0, 3, 1, 2)  # (B, h, 1+T, 1+T)
+            x = blk(x, key_mask, bias)
         memory, prev = x, None
         for stage in self.stages:
             prev = stage(memory, key_mask, prev)                                            # (B, m, d)
@@ -246,6 +271,21 @@ class NARFormer(nn.Module):
         # (ties in every ranking) and quantise the differences the ranking loss learns from.
         with torch.autocast(x.device.type, enabled=False):
             return self._readout(prev[:, 0].float(), memory.float(), mask, static)
+
+    def _relations(self, relation, length):
+        """(B, 1+T, 1+T) relation indices with the depth token's row and column "none", or None."""
+        if not self.cfg.graph_bias:
+            if relation is not None:
+                raise ValueError("this model has no graph_bias; it takes no relation matrix")
+            return None
+        if relation is None:
+            raise ValueError("a graph_bias model needs the relation matrix of its tokens")
+        B, T = relation.shape[0], length - 1
+        if tuple(relation.shape[1:]) != (T, T):
+            raise ValueError(f"relation matrix of shape {tuple(relation.shape)} for {T} tokens")
+        rel = relation.new_zeros((B, length, length), dtype=torch.long)
+        rel[:, 1:, 1:] = relation.long()
+        return rel
 
     def _readout(self, last, memory, mask, static):
         z = self.ln_f(last)                                                                 # (B, d)
@@ -303,5 +343,5 @@ class NARFormerEnsemble(nn.Module):
     def n_params(self) -> int:
         return sum(m.n_params() for m in self.members)
 
-    def forward(self, depth, nodes, mask=None, static=None):
-        return torch.stack([m(depth, nodes, mask, static) for m in self.members]).mean(dim=0)
+    def forward(self, depth, nodes, mask=None, static=None, relation=None):
+        return torch.stack([m(depth, nodes, mask, static, relation) for m in self.members]).mean(dim=0)

@@ -38,7 +38,9 @@ def main(argv) -> int:
     pred = predictor.predict([graphs[i] for i in test])
     res = {"cfg": argv[0], "val_mape": predictor.meta.get("val_mape"), "epoch": predictor.meta.get("selected_epoch"),
            "seconds": round(time.perf_counter() - t0, 1), "test_mape": mape(pred, y[test]),
-           "test_acc10": acc_within(pred, y[test])}
+           "test_acc10": acc_within(pred, y[test]),
+           # the validation curve (raw and EMA weights per evaluated epoch): how long to train
+           "history": getattr(predictor, "summary", {}).get("history")}
     out.write_text(json.dumps(res))
     print(f"validation MAPE {res['val_mape']:.2f}% (epoch {res['epoch']}), {res['seconds']} s; test figures in {out}")
     return 0

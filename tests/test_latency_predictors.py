@@ -271,3 +271,29 @@ def test_narformer_members_average_and_round_trip(measured, tmp_path):
         load_predictor(tmp_path / "lying.pt")
     with pytest.raises(ValueError, match="at least 1"):
         NARFormerLatency(members=0)
+
+
+def test_graph_bias_relations_follow_the_edges_and_round_trip(measured, tmp_path):
+    from narformer_core.latency.predictors import graph_edges
+
+    graphs, y = measured
+    g = graphs[5]
+    e = graph_edges(g)
+    assert e.shape[0] == 2 and all(j in g.nodes[i].inputs for j, i in e.T)
+    p = NARFormerLatency(model={**TINY_NAR["model"], "graph_bias": True},
+                         train={**TINY_NAR["train"], "epochs": 3}).fit(graphs, y, seed=0)
+    toks = p._tokens([g])
+    *_, rel = toks.batch(np.array([0]), "cpu")
+    rel = rel[0].numpy()
+    n = len(g)
+    assert rel.shape == (n + 1, n + 1)                 # the operators and the end token
+    for j, i in e.T:
+        assert rel[i, j] == 1 and rel[j, i] == 2       # i reads j; j is read by i
+    assert (np.diag(rel) == 3).all()
+    assert (rel[n, :n] == 0).all()                     # the end token is no operator's neighbour
+    assert (rel == 1).sum() == e.shape[1]
+    # training moved the biases off zero, and a saved predictor predicts the same
+    assert any(b.weight.abs().max() > 0 for b in p.net.relation_bias)
+    q = load_predictor(p.save(tmp_path / "gb.pt"))
+    assert q.model_config().graph_bias
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)

@@ -239,3 +239,42 @@ def test_attention_under_bf16_autocast_is_written_out_and_close_to_float32():
             bf16 = att(x, ctx, mask)
     assert bf16.dtype == torch.bfloat16
     torch.testing.assert_close(bf16.float(), fp32, atol=0.03, rtol=0.03)
+
+
+def test_graph_bias_starts_as_the_plain_model_and_reads_the_relations():
+    import dataclasses
+
+    from narformer_core.latency.train_latency import init_latency_head
+
+    torch.manual_seed(0)
+    cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", static_dim=4, head_hidden=64,
+                          graph_bias=True, **TINY)
+    biased = NARFormer(cfg).eval()
+    init_latency_head(biased)                          # outputs of order one, not 1e-7
+    plain = NARFormer(dataclasses.replace(cfg, graph_bias=False)).eval()
+    plain.load_state_dict({k: v for k, v in biased.state_dict().items() if not k.startswith("relation_bias")})
+    depth, nodes, static = torch.randn(2, 192), torch.randn(2, 6, 480), torch.randn(2, 4)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    rel = torch.zeros(2, 6, 6, dtype=torch.uint8)
+    rel[:, 1, 0], rel[:, 0, 1] = 1, 2                  # token 0 feeds token 1
+    rel[:, torch.arange(6), torch.arange(6)] = 3
+    with torch.no_grad():
+        # zero biases: the plain model's attention, padding still masked out
+        torch.testing.assert_close(biased(depth, nodes, mask, static, rel), plain(depth, nodes, mask, static))
+        biased.relation_bias[0].weight[1] = 3.0        # attend hard to one's sources
+        moved = biased(depth, nodes, mask, static, rel)
+        other = rel.clone()
+        other[:, 1, 0], other[:, 0, 1] = 0, 0          # the same tokens without the edge
+        # (small-weight init: attention moves the output a little, but the same inputs give
+        # bit-identical outputs, so any difference is the edge's doing)
+        assert torch.equal(moved, biased(depth, nodes, mask, static, rel))
+        assert (moved - biased(depth, nodes, mask, static, other)).abs().max() > 1e-6
+        short = biased(depth[1:], nodes[1:, :4], None, static[1:], rel[1:, :4, :4])
+    torch.testing.assert_close(moved[1], short[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs the relation matrix"):
+        biased(depth, nodes, mask, static)
+    with pytest.raises(ValueError, match="no graph_bias"):
+        plain(depth, nodes, mask, static, rel)
+    with pytest.raises(ValueError, match="relation matrix of shape"):
+        biased(depth, nodes, mask, static, rel[:, :5, :5])

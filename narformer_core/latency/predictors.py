@@ -109,6 +109,12 @@ def _network_tokens(g: ArchGraph, scheme: str = "nerf"):
     return tk.depth, tk.nodes.astype(np.float16), tk.static
 
 
+def graph_edges(g: ArchGraph) -> np.ndarray:
+    """(2, E) int64: (source, consumer) operator indices, one per distinct edge."""
+    pairs = [(j, i) for i, node in enumerate(g.nodes) for j in sorted(set(node.inputs))]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+
+
 def _finite_ms(ms: np.ndarray, name: str) -> np.ndarray:
     # Finite weights can still overflow to NaN (a damaged checkpoint): one sentence, not "nan ms".
     ms = np.asarray(ms, dtype=np.float64)
@@ -315,7 +321,9 @@ class NARFormerLatency(LatencyPredictor):
         nodes = [p[1] for p in parts]
         if self.node_raw:
             nodes = [np.concatenate([t, self._node_numbers(g)], axis=1) for t, g in zip(nodes, graphs)]
-        return TokenSet(np.stack([p[0] for p in parts]), nodes, static)
+        # Token i is operator i (the end token comes last and has no edges).
+        edges = [_cached("edges", g, graph_edges) for g in graphs] if self.model_overrides.get("graph_bias") else None
+        return TokenSet(np.stack([p[0] for p in parts]), nodes, static, edges=edges)
 
     def _node_numbers(self, g) -> np.ndarray:
         f = _cached("noderaw", g, node_raw_features)

@@ -130,11 +130,13 @@ class TokenSet:
 
     ``depth`` (N, D) float32; node tokens either one padded array (N, T, W) with ``lengths``, or
     a list of (T_i, W) arrays (kept as float16 in one flat buffer: sin/cos values need no more,
-    and 2,000 networks of up to 300 tokens would otherwise take a gigabyte); ``static`` (N, S).
+    and 2,000 networks of up to 300 tokens would otherwise take a gigabyte); ``static`` (N, S);
+    ``edges``: None, or per item a (2, E) array of (source token, consumer token) pairs, from
+    which a batch builds the relation matrices of graph-aware attention (model.RELATIONS).
     """
 
     def __init__(self, depth: np.ndarray, nodes, static: np.ndarray | None = None,
-                 lengths: np.ndarray | None = None):
+                 lengths: np.ndarray | None = None, edges: Sequence[np.ndarray] | None = None):
         self.depth = np.asarray(depth, dtype=np.float32)
         n = len(self.depth)
         if isinstance(nodes, np.ndarray) and nodes.ndim == 3:
@@ -152,6 +154,9 @@ class TokenSet:
             self.padded = None
             self.width = self.flat.shape[1] if seqs else 0
         self.static = None if static is None else np.asarray(static, dtype=np.float32)
+        if edges is not None and len(edges) != n:
+            raise ValueError(f"{len(edges)} edge lists for {n} token sequences")
+        self.edges = None if edges is None else [np.asarray(e, dtype=np.int64).reshape(2, -1) for e in edges]
 
     def __len__(self) -> int:
         return len(self.depth)
@@ -173,7 +178,20 @@ class TokenSet:
         mask = None
         if (lens < T).any():
             mask = torch.from_numpy(np.arange(T)[None, :] < lens[:, None]).to(device)
-        return depth, nodes, mask, static
+        return depth, nodes, mask, static, self._relations(idx, lens, T, device)
+
+    def _relations(self, idx, lens, T: int, device):
+        """(B, T, T) uint8 relation of query token i to key token j (model.RELATIONS), or None."""
+        if self.edges is None:
+            return None
+        rel = np.zeros((len(idx), T, T), dtype=np.uint8)
+        for b, i in enumerate(idx):
+            src, dst = self.edges[i]
+            rel[b, dst, src] = 1                     # j = src feeds the query i = dst
+            rel[b, src, dst] = 2                     # j = dst consumes the query i = src
+            diag = np.arange(lens[b])
+            rel[b, diag, diag] = 3
+        return torch.from_numpy(rel).to(device)
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -200,8 +218,8 @@ def predict_raw(model: NARFormer, data: TokenSet, device="cpu", batch: int = 128
     with torch.inference_mode():
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            d, n, m, s = data.batch(idx, device)
-            out[idx] = model(d, n, m, s).double().cpu().numpy()
+            d, n, m, s, r = data.batch(idx, device)
+            out[idx] = model(d, n, m, s, r).double().cpu().numpy()
     model.train(was)
     return out
 
@@ -283,9 +301,9 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
         model.train()
         loss_sum = 0.0
         for bi in length_batches(train.lengths, cfg.batch_size, rng):
-            d, n, m, s = train.batch(bi, device)
+            d, n, m, s, r = train.batch(bi, device)
             with autocast(precision, device):
-                pred = model(d, n, m, s)
+                pred = model(d, n, m, s, r)
             y = y_tr[torch.from_numpy(bi).to(device)]
             loss = F.l1_loss(pred, y) if cfg.loss == "l1" else F.mse_loss(pred, y)
             if cfg.lambda_rank and len(bi) > 1:
@@ -400,6 +418,8 @@ def nb201_device_run(device: str, fraction: float, *, seed: int = 0, model: dict
     tr, va, te = nb201_device_split(known, fraction, seed)
     tokens = tokens or nb201_cell_tokens()
     sub = lambda ix: TokenSet(tokens.depth[ix], tokens.padded[ix], None, tokens.lengths[ix])  # noqa: E731
+    if model_d.get("graph_bias"):
+        raise ValueError("graph_bias is for whole networks; the NB201 cell tokens carry no edge lists")
     cfg = LatencyTrainConfig(**train_d)
     net, target, summ = train_token_model(NARFormerConfig(**model_d), sub(tr), y[tr], sub(va), y[va], cfg,
                                           progress=progress, desc=f"{device} {fraction:.0%}")
