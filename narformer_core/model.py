@@ -52,6 +52,15 @@ class NARFormerConfig:
     # Relu runs as one fused kernel), and the bias hands attention the edges directly. The biases
     # start at zero, so an untrained model attends as the plain one does.
     graph_bias: bool = False
+    # Slot dropout (training only): each 32-value slot of a node token (op type, position,
+    # sources, each attribute, each output-shape value: the first 15 x 32 values of a network
+    # token) is zeroed with this probability, a whole slot at a time. The sin/cos codes give
+    # every exact channel count a code of its own, which a model of ~1,600 networks can learn
+    # by heart; dropping slots makes it lean on several of them at once (and on the plain
+    # numbers of node_raw, which are never dropped).
+    slot_dropout: float = 0.0
+    slot_count: int = 15
+    slot_width: int = 32
 
     def __post_init__(self):
         self.depths = tuple(self.depths)
@@ -68,6 +77,11 @@ class NARFormerConfig:
             raise ValueError(f"unknown readout {self.readout!r}; use one of {', '.join(READOUTS)}")
         if self.readout != "token" and self.head != "latency":
             raise ValueError("the sum readout is for the latency head only")
+        if not 0.0 <= self.slot_dropout < 1.0:
+            raise ValueError(f"slot_dropout must be in [0, 1), got {self.slot_dropout}")
+        if self.slot_dropout and self.slot_count * self.slot_width > self.token_dim:
+            raise ValueError(f"{self.slot_count} slots of {self.slot_width} values do not fit "
+                             f"tokens of {self.token_dim}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -255,6 +269,7 @@ class NARFormer(nn.Module):
     def forward(self, depth, nodes, mask=None, static=None, relation=None):
         # depth (B, depth_dim), nodes (B, T, token_dim), mask (B, T) bool or None,
         # relation (B, T, T) integer indices into RELATIONS (graph_bias models only)
+        nodes = self._drop_slots(nodes)
         x = torch.cat([self.depth_embed(depth)[:, None], self.token_embed(nodes)], dim=1)  # (B, 1+T, d)
         key_mask = None
         if mask is not None and not bool(mask.all()):
@@ -271,6 +286,16 @@ class NARFormer(nn.Module):
         # (ties in every ranking) and quantise the differences the ranking loss learns from.
         with torch.autocast(x.device.type, enabled=False):
             return self._readout(prev[:, 0].float(), memory.float(), mask, static)
+
+    def _drop_slots(self, nodes):
+        p = self.cfg.slot_dropout
+        if not self.training or p <= 0.0:
+            return nodes
+        B, T, _ = nodes.shape
+        k, w = self.cfg.slot_count, self.cfg.slot_width
+        keep = (torch.rand(B, T, k, 1, device=nodes.device) >= p).to(nodes.dtype)
+        coded = (nodes[..., :k * w].reshape(B, T, k, w) * keep).reshape(B, T, k * w)
+        return torch.cat([coded, nodes[..., k * w:]], dim=-1)
 
     def _relations(self, relation, length):
         """(B, 1+T, 1+T) relation indices with the depth token's row and column "none", or None."""

@@ -278,3 +278,27 @@ def test_graph_bias_starts_as_the_plain_model_and_reads_the_relations():
         plain(depth, nodes, mask, static, rel)
     with pytest.raises(ValueError, match="relation matrix of shape"):
         biased(depth, nodes, mask, static, rel[:, :5, :5])
+
+
+def test_slot_dropout_zeroes_whole_slots_in_training_only():
+    torch.manual_seed(0)
+    cfg = NARFormerConfig(token_dim=480 + 7, depth_dim=192, head="latency", head_hidden=64,
+                          slot_dropout=0.5, **TINY)
+    model = NARFormer(cfg)
+    nodes = torch.randn(3, 20, 480 + 7)
+    dropped = model._drop_slots(nodes)
+    slots = dropped[..., :480].reshape(3, 20, 15, 32)
+    zero = (slots == 0).all(-1)
+    kept = (slots == nodes[..., :480].reshape(3, 20, 15, 32)).all(-1)
+    assert (zero | kept).all()                         # a slot is dropped whole or kept whole
+    assert 0.35 < zero.float().mean() < 0.65
+    torch.testing.assert_close(dropped[..., 480:], nodes[..., 480:])   # plain numbers never dropped
+    model.eval()
+    assert torch.equal(model._drop_slots(nodes), nodes)
+    depth = torch.randn(3, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(model(depth, nodes), model(depth, nodes))
+    with pytest.raises(ValueError, match="slot_dropout"):
+        NARFormerConfig(slot_dropout=1.0)
+    with pytest.raises(ValueError, match="do not fit"):
+        NARFormerConfig(token_dim=192, slot_dropout=0.1)
