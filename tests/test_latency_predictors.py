@@ -134,6 +134,14 @@ def test_splits_batches_and_targets():
     lengths = np.random.default_rng(0).integers(5, 300, 100)
     batches = length_batches(lengths, 8, np.random.default_rng(1))
     assert sorted(np.concatenate(batches).tolist()) == list(range(100))
+    # chunk 1: every batch a random draw, so its lengths spread much wider than in sorted runs
+    spread = lambda bs: np.mean([np.ptp(lengths[b]) for b in bs])  # noqa: E731
+    random_batches = length_batches(lengths, 8, np.random.default_rng(1), chunk=1)
+    assert sorted(np.concatenate(random_batches).tolist()) == list(range(100))
+    assert spread(random_batches) > 3 * spread(batches)
+    with pytest.raises(ValueError, match="length_chunk"):
+        from narformer_core.latency.train_latency import LatencyTrainConfig
+        LatencyTrainConfig(length_chunk=0)
     known = np.ones(2000, bool)
     a, b, c = nb201_device_split(known, 0.05, seed=0)
     assert (len(a), len(b), len(c)) == (100, 200, 1700) and not set(a) & set(b) | set(a) & set(c)

@@ -70,6 +70,10 @@ class LatencyTrainConfig:
     # "fp32" or "bf16" (autocast of the matrix products; the head stays float32, see model.py), or
     # "auto": bf16 where the CPU has native bf16 arithmetic (train.resolve_precision).
     precision: str = "fp32"
+    # Batches are cut from length-sorted runs of this many batches (length_batches): 8 keeps
+    # padding small, but then a batch holds networks of one size, often of one family; 1 draws
+    # every batch at random (sorted inside only), at the cost of more padding.
+    length_chunk: int = 8
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -77,6 +81,8 @@ class LatencyTrainConfig:
             raise ValueError(f"unknown latency target {self.target!r}; use one of {TARGETS}")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"unknown latency loss {self.loss!r}; use mse or l1")
+        if int(self.length_chunk) < 1:
+            raise ValueError(f"length_chunk must be at least 1, got {self.length_chunk}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -300,7 +306,7 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
     for epoch in range(cfg.epochs):
         model.train()
         loss_sum = 0.0
-        for bi in length_batches(train.lengths, cfg.batch_size, rng):
+        for bi in length_batches(train.lengths, cfg.batch_size, rng, chunk=int(cfg.length_chunk)):
             d, n, m, s, r = train.batch(bi, device)
             with autocast(precision, device):
                 pred = model(d, n, m, s, r)
