@@ -52,6 +52,9 @@ class NARFormerConfig:
     # Relu runs as one fused kernel), and the bias hands attention the edges directly. The biases
     # start at zero, so an untrained model attends as the plain one does.
     graph_bias: bool = False
+    # The bias "none" pairs start at (0: global attention, as the plain model; e.g. -4: each
+    # operator attends mostly to itself and its neighbours at first, as a graph network reads).
+    graph_bias_none_init: float = 0.0
     # Slot dropout (training only): each 32-value slot of a node token (op type, position,
     # sources, each attribute, each output-shape value: the first 15 x 32 values of a network
     # token) is zeroed with this probability, a whole slot at a time. The sin/cos codes give
@@ -256,6 +259,8 @@ class NARFormer(nn.Module):
         if cfg.graph_bias:
             for emb in self.relation_bias:
                 nn.init.zeros_(emb.weight)
+                with torch.no_grad():
+                    emb.weight[RELATIONS.index("none")] = cfg.graph_bias_none_init
 
     @staticmethod
     def _init(m):

@@ -302,3 +302,13 @@ def test_slot_dropout_zeroes_whole_slots_in_training_only():
         NARFormerConfig(slot_dropout=1.0)
     with pytest.raises(ValueError, match="do not fit"):
         NARFormerConfig(token_dim=192, slot_dropout=0.1)
+
+
+def test_graph_bias_can_start_local():
+    from narformer_core.model import RELATIONS
+
+    cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", head_hidden=64, graph_bias=True,
+                          graph_bias_none_init=-4.0, **TINY)
+    w = NARFormer(cfg).relation_bias[0].weight
+    assert (w[RELATIONS.index("none")] == -4.0).all()
+    assert (w[RELATIONS.index("source")] == 0).all() and (w[RELATIONS.index("self")] == 0).all()
