@@ -50,7 +50,8 @@ class NARFormerConfig:
     # RELATIONS). The tokens name their sources only through sin/cos position codes, which
     # attention has to learn to match; a latency depends on the neighbours (a Conv followed by a
     # Relu runs as one fused kernel), and the bias hands attention the edges directly. The biases
-    # start at zero, so an untrained model attends as the plain one does.
+    # start at zero (but see the next option), so an untrained model attends as the plain one
+    # does. Measured in session 10 on the latency zoo: no gain (assets/latency/README.md).
     graph_bias: bool = False
     # The bias "none" pairs start at (0: global attention, as the plain model; e.g. -4: each
     # operator attends mostly to itself and its neighbours at first, as a graph network reads).
@@ -60,7 +61,8 @@ class NARFormerConfig:
     # token) is zeroed with this probability, a whole slot at a time. The sin/cos codes give
     # every exact channel count a code of its own, which a model of ~1,600 networks can learn
     # by heart; dropping slots makes it lean on several of them at once (and on the plain
-    # numbers of node_raw, which are never dropped).
+    # numbers of node_raw, which are never dropped). Session 10 found that suspicion unfounded
+    # on the latency zoo (0.2: no gain; assets/latency/README.md); the option stays for reruns.
     slot_dropout: float = 0.0
     slot_count: int = 15
     slot_width: int = 32
