@@ -485,9 +485,8 @@ def gnn_node_features(g: ArchGraph) -> tuple[np.ndarray, np.ndarray]:
     num = np.concatenate([attrs, shape], axis=1)
     flags = (~np.isnan(num)).astype(np.float32)
     num = np.nan_to_num(num, nan=0.0).astype(np.float32)
-    src = [j for i, node in enumerate(g.nodes) for j in set(node.inputs)]
-    dst = [i for i, node in enumerate(g.nodes) for _ in set(node.inputs)]
-    edges = np.array([src + dst, dst + src], dtype=np.int64).reshape(2, -1)
+    e = graph_edges(g)
+    edges = np.concatenate([e, e[::-1]], axis=1)       # both directions
     return np.concatenate([onehot, num, flags], axis=1), edges
 
 
