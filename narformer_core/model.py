@@ -64,6 +64,12 @@ class NARFormerConfig:
     # numbers of node_raw, which are never dropped). Session 10 found that suspicion unfounded
     # on the latency zoo (0.2: no gain; assets/latency/README.md); the option stays for reruns.
     slot_dropout: float = 0.0
+    # Graph feed-forward in the stage-1 encoder (the idea of NN-Former's graph FFN): each block's
+    # FFN reads a token together with the mean of its sources' tokens and the mean of its
+    # consumers' tokens, as one graph-convolution layer does, so every block mixes neighbours
+    # by the edges themselves and not only by softmax attention (which averages, and so cannot
+    # tell how many neighbours there are or see them apart from the rest of the network).
+    graph_ffn: bool = False
     slot_count: int = 15
     slot_width: int = 32
 
@@ -172,8 +178,8 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Sequential):
-    def __init__(self, d: int, hidden: int, dropout: float):
-        super().__init__(nn.Linear(d, hidden), nn.ReLU(), Dropout(dropout), nn.Linear(hidden, d))
+    def __init__(self, d: int, hidden: int, dropout: float, d_in: int | None = None):
+        super().__init__(nn.Linear(d_in or d, hidden), nn.ReLU(), Dropout(dropout), nn.Linear(hidden, d))
 
 
 class EncoderBlock(nn.Module):
@@ -183,12 +189,18 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
+        # graph_ffn: the FFN reads [token, mean of its sources, mean of its consumers].
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout, 3 * cfg.d_model if cfg.graph_ffn else None)
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, x, key_mask=None, bias=None):
+    def forward(self, x, key_mask=None, bias=None, neighbours=None):
+        # neighbours: None, or (from_sources, from_consumers), two (B, T, T) row-normalised
+        # adjacency matrices (a row of zeros where a token has none).
         x = x + self.drop(self.attn(self.ln1(x), key_mask=key_mask, bias=bias))
-        return x + self.drop(self.ffn(self.ln2(x)))
+        h = self.ln2(x)
+        if neighbours is not None:
+            h = torch.cat([h, neighbours[0] @ h, neighbours[1] @ h], dim=-1)
+        return x + self.drop(self.ffn(h))
 
 
 class FusionBlock(nn.Module):
@@ -282,9 +294,10 @@ class NARFormer(nn.Module):
         if mask is not None and not bool(mask.all()):
             key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)           # (B, 1+T)
         rel = self._relations(relation, x.shape[1])
+        neighbours = self._neighbours(rel, x.dtype) if self.cfg.graph_ffn else None
         for i, blk in enumerate(self.encoder):
-            bias = None if rel is None else self.relation_bias[i](rel).permute(0, 3, 1, 2)  # (B, h, 1+T, 1+T)
-            x = blk(x, key_mask, bias)
+            bias = None if not self.cfg.graph_bias else self.relation_bias[i](rel).permute(0, 3, 1, 2)  # (B, h, 1+T, 1+T)
+            x = blk(x, key_mask, bias, neighbours)
         memory, prev = x, None
         for stage in self.stages:
             prev = stage(memory, key_mask, prev)                                            # (B, m, d)
@@ -304,14 +317,23 @@ class NARFormer(nn.Module):
         coded = (nodes[..., :k * w].reshape(B, T, k, w) * keep).reshape(B, T, k * w)
         return torch.cat([coded, nodes[..., k * w:]], dim=-1)
 
+    @staticmethod
+    def _neighbours(rel, dtype):
+        """Row-normalised (B, 1+T, 1+T) matrices: token i's mean over its sources, over its consumers."""
+        out = []
+        for name in ("source", "consumer"):
+            a = (rel == RELATIONS.index(name)).to(dtype)
+            out.append(a / a.sum(dim=-1, keepdim=True).clamp_min(1.0))
+        return tuple(out)
+
     def _relations(self, relation, length):
         """(B, 1+T, 1+T) relation indices with the depth token's row and column "none", or None."""
-        if not self.cfg.graph_bias:
+        if not (self.cfg.graph_bias or self.cfg.graph_ffn):
             if relation is not None:
-                raise ValueError("this model has no graph_bias; it takes no relation matrix")
+                raise ValueError("this model has neither graph_bias nor graph_ffn; it takes no relation matrix")
             return None
         if relation is None:
-            raise ValueError("a graph_bias model needs the relation matrix of its tokens")
+            raise ValueError("a graph_bias or graph_ffn model needs the relation matrix of its tokens")
         B, T = relation.shape[0], length - 1
         if tuple(relation.shape[1:]) != (T, T):
             raise ValueError(f"relation matrix of shape {tuple(relation.shape)} for {T} tokens")

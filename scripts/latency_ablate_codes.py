@@ -4,7 +4,10 @@ position and source codes and, with "node_raw", the plain per-operator numbers. 
 those codes are where NAR-Former overfits the 1,620 training networks (they were not:
 assets/latency/README.md, session 10). Not an option of the predictor.
 
-    OMP_NUM_THREADS=1 python scripts/latency_ablate_codes.py '{"model": {...}, "train": {...}, "node_raw": true}' OUT.json
+    OMP_NUM_THREADS=1 python scripts/latency_ablate_codes.py [--slots FIRST-LAST] '{"model": {...}, ...}' OUT.json
+
+`--slots 1-2` (session 11) zeroes the self-position and source-position codes instead: with
+`graph_ffn` the model still sees the edges, but no token can be told apart by its index.
 """
 import runpy
 import sys
@@ -28,6 +31,10 @@ def _without_attribute_codes(g, scheme="nerf"):
 
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--slots"]:
+        FIRST, LAST = (int(v) for v in args[1].split("-"))
+        args = args[2:]
     predictors._network_tokens = _without_attribute_codes
-    sys.argv = [str(ROOT / "scripts" / "latency_candidate.py")] + sys.argv[1:]
+    sys.argv = [str(ROOT / "scripts" / "latency_candidate.py")] + args
     runpy.run_path(sys.argv[0], run_name="__main__")

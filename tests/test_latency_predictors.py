@@ -305,3 +305,14 @@ def test_graph_bias_relations_follow_the_edges_and_round_trip(measured, tmp_path
     q = load_predictor(p.save(tmp_path / "gb.pt"))
     assert q.model_config().graph_bias
     np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+
+
+def test_graph_ffn_predictor_gets_the_edges_and_round_trips(measured, tmp_path):
+    graphs, y = measured
+    p = NARFormerLatency(model={**TINY_NAR["model"], "graph_ffn": True},
+                         train={**TINY_NAR["train"], "epochs": 2}).fit(graphs, y, seed=0)
+    *_, rel = p._tokens(graphs[:2]).batch(np.array([0, 1]), "cpu")
+    assert rel is not None and (rel == 1).any()
+    q = load_predictor(p.save(tmp_path / "gffn.pt"))
+    assert q.model_config().graph_ffn and not q.model_config().graph_bias
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)

@@ -274,10 +274,42 @@ def test_graph_bias_starts_as_the_plain_model_and_reads_the_relations():
     torch.testing.assert_close(moved[1], short[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="needs the relation matrix"):
         biased(depth, nodes, mask, static)
-    with pytest.raises(ValueError, match="no graph_bias"):
+    with pytest.raises(ValueError, match="neither graph_bias nor graph_ffn"):
         plain(depth, nodes, mask, static, rel)
     with pytest.raises(ValueError, match="relation matrix of shape"):
         biased(depth, nodes, mask, static, rel[:, :5, :5])
+
+
+def test_graph_ffn_mixes_the_means_of_sources_and_consumers():
+    torch.manual_seed(0)
+    cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", static_dim=4, head_hidden=64,
+                          graph_ffn=True, **TINY)
+    from narformer_core.latency.train_latency import init_latency_head
+    model = NARFormer(cfg).eval()
+    init_latency_head(model)                           # outputs of order one, not 1e-6
+    assert model.encoder[0].ffn[0].in_features == 3 * cfg.d_model
+    T = 5
+    rel = torch.zeros(1, T, T, dtype=torch.uint8)
+    rel[0, torch.arange(T), torch.arange(T)] = 3
+    for j, i in ((0, 2), (1, 2), (2, 3)):              # tokens 0 and 1 feed 2, which feeds 3
+        rel[0, i, j], rel[0, j, i] = 1, 2
+    full = model._relations(rel, T + 1)                # the depth token prepended
+    from_src, from_cons = NARFormer._neighbours(full, torch.float32)
+    x = torch.randn(1, T + 1, 7)
+    # token 2 (row 3 with the depth token first) reads the mean of tokens 0 and 1
+    torch.testing.assert_close((from_src @ x)[0, 3], (x[0, 1] + x[0, 2]) / 2)
+    torch.testing.assert_close((from_cons @ x)[0, 3], x[0, 4])
+    assert (from_src[0, 0] == 0).all() and (from_src[0, 1] == 0).all()   # depth token, a first operator
+    depth, nodes, static = torch.randn(1, 192), torch.randn(1, T, 480), torch.randn(1, 4)
+    with torch.no_grad():
+        out = model(depth, nodes, None, static, rel)
+        cut = rel.clone()
+        cut[0, 3, 2] = cut[0, 2, 3] = 0                # the same tokens without the edge 2 -> 3
+        # the same inputs give bit-identical outputs, so any difference is the edge's doing
+        assert torch.equal(out, model(depth, nodes, None, static, rel))
+        assert (out - model(depth, nodes, None, static, cut)).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="needs the relation matrix"):
+        model(depth, nodes, None, static)
 
 
 def test_slot_dropout_zeroes_whole_slots_in_training_only():
