@@ -241,17 +241,23 @@ def test_attention_under_bf16_autocast_is_written_out_and_close_to_float32():
     torch.testing.assert_close(bf16.float(), fp32, atol=0.03, rtol=0.03)
 
 
-def test_graph_bias_starts_as_the_plain_model_and_reads_the_relations():
-    import dataclasses
-
+def _tiny_latency_model(**options) -> NARFormer:
+    """A small network-latency NAR-Former in eval mode, its head scaled to outputs of order one."""
     from narformer_core.latency.train_latency import init_latency_head
 
     torch.manual_seed(0)
     cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", static_dim=4, head_hidden=64,
-                          graph_bias=True, **TINY)
-    biased = NARFormer(cfg).eval()
-    init_latency_head(biased)                          # outputs of order one, not 1e-7
-    plain = NARFormer(dataclasses.replace(cfg, graph_bias=False)).eval()
+                          **options, **TINY)
+    model = NARFormer(cfg).eval()
+    init_latency_head(model)                           # outputs of order one, not 1e-7
+    return model
+
+
+def test_graph_bias_starts_as_the_plain_model_and_reads_the_relations():
+    import dataclasses
+
+    biased = _tiny_latency_model(graph_bias=True)
+    plain = NARFormer(dataclasses.replace(biased.cfg, graph_bias=False)).eval()
     plain.load_state_dict({k: v for k, v in biased.state_dict().items() if not k.startswith("relation_bias")})
     depth, nodes, static = torch.randn(2, 192), torch.randn(2, 6, 480), torch.randn(2, 4)
     mask = torch.ones(2, 6, dtype=torch.bool)
@@ -281,13 +287,8 @@ def test_graph_bias_starts_as_the_plain_model_and_reads_the_relations():
 
 
 def test_graph_ffn_mixes_the_means_of_sources_and_consumers():
-    torch.manual_seed(0)
-    cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", static_dim=4, head_hidden=64,
-                          graph_ffn=True, **TINY)
-    from narformer_core.latency.train_latency import init_latency_head
-    model = NARFormer(cfg).eval()
-    init_latency_head(model)                           # outputs of order one, not 1e-6
-    assert model.encoder[0].ffn[0].in_features == 3 * cfg.d_model
+    model = _tiny_latency_model(graph_ffn=True)
+    assert model.encoder[0].ffn[0].in_features == 3 * model.cfg.d_model
     T = 5
     rel = torch.zeros(1, T, T, dtype=torch.uint8)
     rel[0, torch.arange(T), torch.arange(T)] = 3
