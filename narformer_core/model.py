@@ -69,6 +69,7 @@ class NARFormerConfig:
     # consumers' tokens, as one graph-convolution layer does, so every block mixes neighbours
     # by the edges themselves and not only by softmax attention (which averages, and so cannot
     # tell how many neighbours there are or see them apart from the rest of the network).
+    # Measured in session 11 on the latency zoo: no gain (assets/latency/README.md).
     graph_ffn: bool = False
     slot_count: int = 15
     slot_width: int = 32

@@ -27,7 +27,8 @@
   ("token+lse"); ``LatencyTrainConfig.precision`` "bf16" trains under bfloat16 autocast.
   Session 10 options (none beat session 9's choice): the model's ``graph_bias`` (attention biased
   by each token pair's relation in the graph, edges from ``graph_edges``), ``slot_dropout``, and
-  ``LatencyTrainConfig.length_chunk`` (random batches).
+  ``LatencyTrainConfig.length_chunk`` (random batches). Session 11 (none either): ``graph_ffn``
+  (each encoder FFN also reads the means of a token's sources and consumers).
 * ``FlopsRegression``: ridge regression of log latency on a degree-2 polynomial of the log
   static features (the classic "latency from FLOPs" proxy, with params and memory access).
 * ``NNLPGraphNet``: an NNLP-style graph network in plain torch: node features = op one-hot +
