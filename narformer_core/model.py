@@ -297,7 +297,7 @@ class NARFormer(nn.Module):
         rel = self._relations(relation, x.shape[1])
         neighbours = self._neighbours(rel, x.dtype) if self.cfg.graph_ffn else None
         for i, blk in enumerate(self.encoder):
-            bias = None if not self.cfg.graph_bias else self.relation_bias[i](rel).permute(0, 3, 1, 2)  # (B, h, 1+T, 1+T)
+            bias = self.relation_bias[i](rel).permute(0, 3, 1, 2) if self.cfg.graph_bias else None  # (B, h, 1+T, 1+T)
             x = blk(x, key_mask, bias, neighbours)
         memory, prev = x, None
         for stage in self.stages:

@@ -3,9 +3,7 @@ its figures: the quick loop used in session 9 to compare configurations (assets/
 
     OMP_NUM_THREADS=1 python scripts/latency_candidate.py '{"model": {...}, "train": {...}, "node_raw": true}' OUT.json
 
-The JSON holds `NARFormerLatency` keyword arguments (plus "kind" for another predictor, and
-"init_seed": k to start the network from initial seed k, as member k/1000 of `--members` does,
-on the same validation set: seed-to-seed spreads are measured so, two fits at a time). Same
+The JSON holds `NARFormerLatency` keyword arguments (plus "kind" for another predictor). Same
 split as `bench latency --seed 0` (90/10 per family; 10% of the training networks held out for
 selection). Only the validation MAPE is printed, the figure configurations are chosen by; OUT.json
 also keeps the test MAPE and Acc(10%), to be read after the choice.
@@ -27,19 +25,6 @@ from narformer_core.metrics import acc_within, mape                # noqa: E402
 DATASET = "assets/latency/zoo2000_cpu_best3.jsonl.gz"
 
 
-def _shift_initial_seed(k: int) -> None:
-    """Every network the fit trains starts from initial seed +k; the validation split stays seed 0's."""
-    from dataclasses import replace
-
-    import narformer_core.latency.train_latency as tl
-    train = tl.train_token_model
-
-    def shifted(model_cfg, *args, **kwargs):
-        cfg = args[4]
-        return train(model_cfg, *args[:4], replace(cfg, seed=cfg.seed + k), *args[5:], **kwargs)
-    tl.train_token_model = shifted
-
-
 def main(argv) -> int:
     if len(argv) != 2:
         print(__doc__)
@@ -47,14 +32,11 @@ def main(argv) -> int:
     options, out = json.loads(argv[0]), Path(argv[1])
     records, graphs, y = load_dataset(DATASET, column="min_ms")
     train, test = family_split(np.array([r["family"] for r in records]), 0)
-    init_seed = int(options.pop("init_seed", 0))
-    if init_seed:
-        _shift_initial_seed(init_seed)
     predictor = make_predictor(options.pop("kind", "narformer"), **options)
     t0 = time.perf_counter()
     predictor.fit([graphs[i] for i in train], y[train], seed=0)
     pred = predictor.predict([graphs[i] for i in test])
-    res = {"cfg": argv[0], "init_seed": init_seed, "val_mape": predictor.meta.get("val_mape"), "epoch": predictor.meta.get("selected_epoch"),
+    res = {"cfg": argv[0], "val_mape": predictor.meta.get("val_mape"), "epoch": predictor.meta.get("selected_epoch"),
            "seconds": round(time.perf_counter() - t0, 1), "test_mape": mape(pred, y[test]),
            "test_acc10": acc_within(pred, y[test]),
            # the validation curve (raw and EMA weights per evaluated epoch): how long to train
