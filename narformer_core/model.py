@@ -95,6 +95,11 @@ class NARFormerConfig:
             raise ValueError(f"{self.slot_count} slots of {self.slot_width} values do not fit "
                              f"tokens of {self.token_dim}")
 
+    @property
+    def uses_edges(self) -> bool:
+        """Whether the model reads the graph's edges (a relation matrix per input)."""
+        return self.graph_bias or self.graph_ffn
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["depths"], d["queries"] = list(self.depths), list(self.queries)
@@ -329,7 +334,7 @@ class NARFormer(nn.Module):
 
     def _relations(self, relation, length):
         """(B, 1+T, 1+T) relation indices with the depth token's row and column "none", or None."""
-        if not (self.cfg.graph_bias or self.cfg.graph_ffn):
+        if not self.cfg.uses_edges:
             if relation is not None:
                 raise ValueError("this model has neither graph_bias nor graph_ffn; it takes no relation matrix")
             return None

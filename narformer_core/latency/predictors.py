@@ -326,8 +326,7 @@ class NARFormerLatency(LatencyPredictor):
         if self.node_raw:
             nodes = [np.concatenate([t, self._node_numbers(g)], axis=1) for t, g in zip(nodes, graphs)]
         # Token i is operator i (the end token comes last and has no edges).
-        edges = ([_cached("edges", g, graph_edges) for g in graphs]
-                 if self.model_overrides.get("graph_bias") or self.model_overrides.get("graph_ffn") else None)
+        edges = [_cached("edges", g, graph_edges) for g in graphs] if self.model_config().uses_edges else None
         return TokenSet(np.stack([p[0] for p in parts]), nodes, static, edges=edges)
 
     def _node_numbers(self, g) -> np.ndarray:

@@ -424,10 +424,11 @@ def nb201_device_run(device: str, fraction: float, *, seed: int = 0, model: dict
     tr, va, te = nb201_device_split(known, fraction, seed)
     tokens = tokens or nb201_cell_tokens()
     sub = lambda ix: TokenSet(tokens.depth[ix], tokens.padded[ix], None, tokens.lengths[ix])  # noqa: E731
-    if model_d.get("graph_bias") or model_d.get("graph_ffn"):
+    model_cfg = NARFormerConfig(**model_d)
+    if model_cfg.uses_edges:
         raise ValueError("graph_bias and graph_ffn are for whole networks; the NB201 cell tokens carry no edge lists")
     cfg = LatencyTrainConfig(**train_d)
-    net, target, summ = train_token_model(NARFormerConfig(**model_d), sub(tr), y[tr], sub(va), y[va], cfg,
+    net, target, summ = train_token_model(model_cfg, sub(tr), y[tr], sub(va), y[va], cfg,
                                           progress=progress, desc=f"{device} {fraction:.0%}")
     pred = target.inverse(predict_raw(net, sub(te)))
     conn = nb201_connected()[te]
