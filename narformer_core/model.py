@@ -19,7 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-READOUTS = ("token", "token+sum", "token+lse")
+READOUTS = ("token", "token+sum", "token+lse", "token+relusum", "relusum")
+# Readouts that read the fusion stages' last token (the others skip stages 2-4 altogether).
+TOKEN_READOUTS = ("token", "token+sum", "token+lse", "token+relusum")
 # Relation of query token i to key token j for graph_bias: unrelated (also the depth and end
 # tokens and padding), j is a source of i, j consumes i, i is j.
 RELATIONS = ("none", "source", "consumer", "self")
@@ -44,6 +46,12 @@ class NARFormerConfig:
     # "token+lse": that token's head output plus log(sum_i exp(u_i)), u_i a per-operator MLP of
     # the memory's node tokens: the network's latency as a sum of positive per-operator costs
     # (each seen in its context), which the log target then compares in relative terms.
+    # "token+relusum": that token and sum_i ReLU(W m_i + b) / 64 over the memory's node tokens m_i
+    # (width ffn_dim), as the NNLP graph network pools: no LayerNorm before the sum, so a node's
+    # features keep their size, and the nonlinearity comes before the sum, so the pool is a sum of
+    # per-operator feature vectors. "relusum": that pool alone (no fusion stages), the graph
+    # network's readout on the transformer's memory: latency as a sum of per-operator terms each
+    # seen in its context, with no single whole-network token to learn the training set by heart.
     readout: str = "token"
     # Graph-aware self-attention in the stage-1 encoder: each block adds a learned bias per head
     # to the attention logit of every pair of tokens, by the pair's relation in the graph (see
@@ -255,13 +263,19 @@ class NARFormer(nn.Module):
         if cfg.graph_bias:
             self.relation_bias = nn.ModuleList(nn.Embedding(len(RELATIONS), cfg.n_heads)
                                                for _ in range(cfg.depths[0]))
-        self.stages = nn.ModuleList(FusionStage(cfg, m, k) for m, k in zip(cfg.queries, cfg.depths[1:]))
-        self.ln_f = nn.LayerNorm(d)
+        # A readout without the fusion token builds no fusion stages (they would get no gradient).
+        reads_token = cfg.readout in TOKEN_READOUTS
+        self.stages = nn.ModuleList(FusionStage(cfg, m, k) for m, k in zip(cfg.queries, cfg.depths[1:])
+                                    if reads_token)
+        self.ln_f = nn.LayerNorm(d) if reads_token else None
         if cfg.head == "accuracy":
             self.head = nn.Linear(d, 1)
         else:
             h = cfg.head_hidden
-            layers, width = [], d + cfg.static_dim
+            layers, width = [], (d if reads_token else 0) + cfg.static_dim
+            if cfg.readout in ("token+relusum", "relusum"):
+                self.node_pool = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.ReLU())
+                width += cfg.ffn_dim
             if cfg.readout == "token+sum":
                 self.ln_sum = nn.LayerNorm(d)
                 width += d
@@ -311,7 +325,7 @@ class NARFormer(nn.Module):
         # mantissa, which would round the outputs of thousands of cells onto a few hundred values
         # (ties in every ranking) and quantise the differences the ranking loss learns from.
         with torch.autocast(x.device.type, enabled=False):
-            return self._readout(prev[:, 0].float(), memory.float(), mask, static)
+            return self._readout(None if prev is None else prev[:, 0].float(), memory.float(), mask, static)
 
     def _drop_slots(self, nodes):
         p = self.cfg.slot_dropout
@@ -348,11 +362,14 @@ class NARFormer(nn.Module):
         return rel
 
     def _readout(self, last, memory, mask, static):
-        z = self.ln_f(last)                                                                 # (B, d)
+        parts = [] if last is None else [self.ln_f(last)]                                  # (B, d)
         if self.cfg.head == "accuracy":
-            return torch.sigmoid(self.head(z)).squeeze(-1)
+            return torch.sigmoid(self.head(parts[0])).squeeze(-1)
         if self.cfg.readout == "token+sum":
-            z = torch.cat([z, self._node_sum(memory, mask)], dim=-1)
+            parts.append(self._node_sum(memory, mask))
+        if self.cfg.readout in ("token+relusum", "relusum"):
+            parts.append(self._node_relu_sum(memory, mask))
+        z = torch.cat(parts, dim=-1)
         got = 0 if static is None else static.shape[-1]
         if got != self.cfg.static_dim:
             raise ValueError(f"this latency model expects {self.cfg.static_dim} static feature values "
@@ -370,6 +387,13 @@ class NARFormer(nn.Module):
         if mask is not None:
             u = u.masked_fill(~mask, float("-inf"))
         return torch.logsumexp(u, dim=1)
+
+    def _node_relu_sum(self, memory, mask):
+        """sum_i ReLU(W m_i + b) / 64 over the node tokens of the memory (padding and depth token out)."""
+        h = self.node_pool(memory[:, 1:])                                                   # (B, T, ffn)
+        if mask is not None:
+            h = h * mask[..., None].to(h.dtype)
+        return h.sum(dim=1) / 64.0
 
     def _node_sum(self, memory, mask):
         """Sum of the normalised node tokens of the memory (padding left out; the depth token too)."""

@@ -105,6 +105,30 @@ def test_sum_readout_widens_the_head_and_ignores_padding():
     assert not torch.allclose(together[0], doubled[0])
 
 
+@pytest.mark.parametrize("readout, reads_token", [("token+relusum", True), ("relusum", False)])
+def test_relu_sum_readout_pools_per_operator_features(readout, reads_token):
+    torch.manual_seed(0)
+    cfg = NARFormerConfig(token_dim=480, depth_dim=192, head="latency", static_dim=4, head_hidden=64,
+                          readout=readout, **TINY)
+    model = NARFormer(cfg).eval()
+    first = next(m for m in model.head if isinstance(m, torch.nn.Linear))
+    assert first.in_features == (32 if reads_token else 0) + 64 + 4     # [token | ReLU pool (ffn_dim) | static]
+    # "relusum" reads no fusion token, so it builds no fusion stages.
+    assert (len(model.stages) > 0) == reads_token and (model.ln_f is not None) == reads_token
+    memory = torch.randn(2, 1 + 9, 32)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    pooled = model._node_relu_sum(memory, mask)
+    lin = model.node_pool[0]
+    by_hand = torch.relu(memory[1, 1:7] @ lin.weight.T + lin.bias).sum(0) / 64.0   # depth token and padding out
+    torch.testing.assert_close(pooled[1], by_hand)
+    depth, nodes, static = torch.randn(2, 192), torch.randn(2, 9, 480), torch.randn(2, 4)
+    with torch.no_grad():
+        together = model(depth, nodes, mask, static)
+        short = model(depth[1:], nodes[1:, :6], None, static[1:])
+    torch.testing.assert_close(together[1], short[0], atol=1e-5, rtol=1e-5)
+
+
 def test_padding_tokens_do_not_change_the_prediction():
     torch.manual_seed(0)
     model = build_model(TINY).eval()
@@ -162,6 +186,7 @@ def test_gradients_reach_every_parameter():
     (dict(head="energy"), "unknown head 'energy'"),
     (dict(head="latency", readout="mean"), "unknown readout 'mean'"),
     (dict(readout="token+sum"), "sum readout is for the latency head only"),
+    (dict(readout="relusum"), "sum readout is for the latency head only"),
 ])
 def test_config_validation(kw, message):
     with pytest.raises(ValueError, match=message):
