@@ -208,11 +208,12 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     scheme = getattr(args, "token_scheme", None) or "nerf"
     node_raw = bool(getattr(args, "node_raw", False))
     members = int(getattr(args, "members", None) or 1)
+    offset = getattr(args, "offset", None) or "flops"
     names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN"}
     make = {
         "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
                                              static_raw=static_raw, scheme=scheme, node_raw=node_raw,
-                                             members=members),
+                                             members=members, offset=offset),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
     }
@@ -225,7 +226,8 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     # The scheme joins the fingerprint only when it is not the default, so fits cached before the
     # option existed keep their keys.
     nar_print = ([nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
-                 + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else []))
+                 + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else [])
+                 + ([f"offset={offset}"] if offset != "flops" else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
                    "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True)}
     if fingerprints is not None:
@@ -375,6 +377,9 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
     _add_once(p, "--node-raw", action="store_true",
               help="NAR-Former latency: append each operator's own numbers (attributes, output shape, "
                    "its MACs, parameters and memory access, standardised) to its 480-value token")
+    _add_once(p, "--offset", default=None, choices=["flops", "opcost"],
+              help="NAR-Former latency, residual target: measured from the FLOPs regression (default) "
+                   "or from a sum of per-operator costs (latency/op_cost.py)")
     _add_once(p, "--members", type=int, default=None,
               help="NAR-Former latency: train this many networks (other initial seeds) and average them")
     _add_once(p, "--narformer-json", default=None, help="NAR-Former latency training overrides (JSON)")

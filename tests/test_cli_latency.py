@@ -219,3 +219,17 @@ def test_token_scheme_reaches_the_predictor_and_its_cache_key():
     assert json.loads(key) == [{}, {}, True]
     trans, trans_key = factories(token_scheme="trans")
     assert trans.scheme == "trans" and json.loads(trans_key) == [{}, {}, True, "trans"]
+
+
+def test_residual_offset_reaches_the_predictor_and_its_cache_key():
+    import argparse
+
+    from narformer_core.cli_latency import _factories
+
+    prints = {}
+    made = _factories(argparse.Namespace(predictors="narformer", node_raw=True, offset="opcost"), prints)
+    assert made["NAR-Former"]().offset == "opcost"
+    assert json.loads(prints["NAR-Former"]) == [{}, {}, True, "node_raw", "offset=opcost"]
+    # The default offset keeps the keys of fits cached before the option existed.
+    made = _factories(argparse.Namespace(predictors="narformer", node_raw=True, offset="flops"), prints)
+    assert made["NAR-Former"]().offset == "flops" and json.loads(prints["NAR-Former"]) == [{}, {}, True, "node_raw"]

@@ -78,6 +78,18 @@ def test_narformer_targets_and_validation_set(measured):
     assert NARFormerLatency(static_raw=False).model_config().static_dim == 128
 
 
+def test_static_codes_can_be_left_out_of_the_head(measured, tmp_path):
+    graphs, y = measured
+    p = NARFormerLatency(static_codes=False, **TINY_NAR).fit(graphs, y, seed=0)
+    assert p.model_config().static_dim == 4                        # the four standardised log features only
+    assert p._tokens(graphs[:3]).static.shape == (3, 4)
+    q = load_predictor(p.save(tmp_path / "nocodes.pt"))
+    assert not q.static_codes
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+    with pytest.raises(ValueError, match="static_codes=False needs static_raw=True"):
+        NARFormerLatency(static_codes=False, static_raw=False)
+
+
 def test_narformer_token_scheme_and_sum_readout_round_trip(measured, tmp_path):
     graphs, y = measured
     p = NARFormerLatency(model={**TINY_NAR["model"], "readout": "token+sum"},
@@ -90,6 +102,15 @@ def test_narformer_token_scheme_and_sum_readout_round_trip(measured, tmp_path):
     assert not np.allclose(q.predict(graphs), p.predict(graphs), rtol=1e-3)
     with pytest.raises(ValueError, match="unknown token scheme 'fourier'"):
         NARFormerLatency(scheme="fourier")
+
+
+def test_narformer_relu_sum_readout_round_trip(measured, tmp_path):
+    graphs, y = measured
+    p = NARFormerLatency(model={**TINY_NAR["model"], "readout": "relusum"},
+                         train={**TINY_NAR["train"], "epochs": 4}).fit(graphs, y, seed=0)
+    q = load_predictor(p.save(tmp_path / "relusum.pt"))
+    assert q.model_config().readout == "relusum" and len(q.net.stages) == 0
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
 
 
 def test_features_shapes(measured):

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from ..graph import ArchGraph, GraphError
 from ..metrics import mape
 from ..tokenizer import SCHEMES
+from .op_cost import OperatorCostModel
 
 CKPT_FORMAT = "narformer-latency-1"
 KINDS = ("narformer", "flops", "nnlp")
@@ -265,6 +266,9 @@ class FlopsRegression(LatencyPredictor):
 
 
 # ------------------------------------------------------------------ (a) NAR-Former
+_OFFSET_MODELS = {"flops": FlopsRegression, "opcost": OperatorCostModel}
+OFFSETS = tuple(_OFFSET_MODELS)
+
 # Sized for CPU training (a fit on 135 networks takes ~3 min on a busy 2-core machine): d = 64,
 # 2 encoder blocks; the paper's cell model is d = 192 with 6 blocks. See assets/latency/README.md
 # for the targets and settings compared.
@@ -278,13 +282,26 @@ class NARFormerLatency(LatencyPredictor):
     kind = "narformer"
 
     def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
-                 device: str = "cpu", scheme: str = "nerf", node_raw: bool = False, members: int = 1):
+                 device: str = "cpu", scheme: str = "nerf", node_raw: bool = False, members: int = 1,
+                 static_codes: bool = True, offset: str = "flops"):
         super().__init__()
+        if offset not in OFFSETS:
+            raise ValueError(f"unknown residual offset {offset!r}; use one of {', '.join(OFFSETS)}")
+        # What the residual target is measured from: "flops" (the FLOPs regression) or "opcost"
+        # (a sum of per-operator costs, op_cost.py), both fitted on the same training networks.
+        self.offset = offset
         if scheme not in SCHEMES:
             raise ValueError(f"unknown token scheme {scheme!r}; use one of {SCHEMES}")
         self.model_overrides = {**NETWORK_MODEL, **(model or {})}
         self.train_overrides = {**NETWORK_TRAIN, **(train or {})}
         self.static_raw, self.device = bool(static_raw), device
+        # The sin/cos codes of the static features (the paper's head input). Off: the head reads
+        # only the four standardised log features (static_raw), as the graph network's head does.
+        # Why ask: a code with frequencies up to 2^15 gives every network's FLOPs a pattern of its
+        # own, which an MLP head can map to that network's training label.
+        self.static_codes = bool(static_codes)
+        if not (self.static_codes or self.static_raw):
+            raise ValueError("static_codes=False needs static_raw=True: the head must see the static features")
         # The frequencies of the tokens' sin/cos codes (tokenizer.frequencies). "nerf" (1 .. 2^15)
         # gives integers such as channel counts codes that look unrelated to their neighbours';
         # "trans" (1 .. 1e-4) also has slow frequencies, whose phases grow smoothly with size.
@@ -301,7 +318,7 @@ class NARFormerLatency(LatencyPredictor):
         self.target = None
         self.static_mu = self.static_sd = None
         self.node_mu = self.node_sd = None
-        self.offset_model: FlopsRegression | None = None
+        self.offset_model: FlopsRegression | OperatorCostModel | None = None
         self.summary: dict = {}
 
     def model_config(self):
@@ -309,16 +326,19 @@ class NARFormerLatency(LatencyPredictor):
         from ..network_tokenizer import NETWORK_DEPTH_DIM, NETWORK_TOKEN_DIM, STATIC_DIM
 
         extra = 4 if self.static_raw else 0
+        codes = STATIC_DIM if self.static_codes else 0
         token_dim = NETWORK_TOKEN_DIM + (NODE_RAW_DIM if self.node_raw else 0)
         return NARFormerConfig(**{**self.model_overrides, "token_dim": token_dim,
                                   "depth_dim": NETWORK_DEPTH_DIM, "head": "latency",
-                                  "static_dim": STATIC_DIM + extra})
+                                  "static_dim": codes + extra})
 
     def _tokens(self, graphs):
         from .train_latency import TokenSet
 
         parts = [_cached(f"tokens-{self.scheme}", g, lambda g: _network_tokens(g, self.scheme)) for g in graphs]
         static = np.stack([p[2] for p in parts])
+        if not self.static_codes:
+            static = static[:, :0]
         if self.static_raw:
             raw = (static_log_features(graphs) - self.static_mu) / self.static_sd
             static = np.concatenate([static, raw.astype(np.float32)], axis=1)
@@ -356,7 +376,7 @@ class NARFormerLatency(LatencyPredictor):
             sd = np.sqrt((((num - mu) * present) ** 2).sum(0) / cnt)
             self.node_mu, self.node_sd = mu, np.where(sd > 1e-6, sd, 1.0)
         cfg = LatencyTrainConfig(**{**self.train_overrides, "seed": seed, "device": self.device})
-        self.offset_model = FlopsRegression().fit(tg, ty) if cfg.target == "residual" else None
+        self.offset_model = _OFFSET_MODELS[self.offset]().fit(tg, ty) if cfg.target == "residual" else None
         n_train = len(tg)
         if cfg.twins:
             tg, ty = renumbered_twins(tg, ty, cfg.twins, seed)
@@ -401,6 +421,7 @@ class NARFormerLatency(LatencyPredictor):
         return {"config": {"model": _plain(self.model_config().to_dict()),
                            "model_overrides": _plain(self.model_overrides),
                            "train": _plain(self.train_overrides), "static_raw": self.static_raw,
+                           "static_codes": self.static_codes, "offset": self.offset,
                            "scheme": self.scheme, "node_raw": self.node_raw, "members": self.members},
                 # One network: "state_dict". An ensemble: its first member there, the rest in
                 # "member_state_dicts" (so a file reads the same way either way).
@@ -421,6 +442,7 @@ class NARFormerLatency(LatencyPredictor):
         c = st["config"]
         self.model_overrides, self.train_overrides = c["model_overrides"], c["train"]
         self.static_raw = c["static_raw"]
+        self.static_codes = bool(c.get("static_codes", True))     # checkpoints before the option: codes
         self.scheme = c.get("scheme", "nerf")      # checkpoints before the option: nerf
         self.node_raw = bool(c.get("node_raw", False))
         if self.scheme not in SCHEMES:
@@ -448,9 +470,17 @@ class NARFormerLatency(LatencyPredictor):
             if self.node_mu.shape != (NODE_RAW_NUMBERS,) or self.node_sd.shape != (NODE_RAW_NUMBERS,):
                 raise LatencyCheckpointError(f"the latency checkpoint's per-operator statistics have shape "
                                              f"{tuple(self.node_mu.shape)}, not ({NODE_RAW_NUMBERS},)")
+        self.offset = c.get("offset", "flops")                    # checkpoints before the option: flops
+        if self.offset not in OFFSETS:
+            raise LatencyCheckpointError(f"the latency checkpoint names an unknown residual offset {self.offset!r}")
         if st.get("offset"):
-            self.offset_model = FlopsRegression()
-            self.offset_model._load_state(st["offset"])
+            self.offset_model = _OFFSET_MODELS[self.offset]()
+            try:
+                self.offset_model._load_state(st["offset"])
+            except LatencyCheckpointError:
+                raise
+            except ValueError as e:       # a doctored table: one sentence naming the file (load_predictor)
+                raise LatencyCheckpointError(f"the latency checkpoint's residual offset is damaged: {e}") from None
 
 
 # ------------------------------------------------------------------ (c) NNLP-style GNN

@@ -1,0 +1,85 @@
+"""The operator-cost sum (latency/op_cost.py): operator kinds, exact recovery of known costs,
+fit on real timings, the NAR-Former residual from it, and checkpoint round trips."""
+import numpy as np
+import pytest
+import torch
+
+from narformer_core.graph import ArchGraph, Node
+from narformer_core.latency.op_cost import COST_TERMS, OperatorCostModel, operator_cost_terms, operator_kind
+from narformer_core.latency.predictors import LatencyCheckpointError, NARFormerLatency, load_predictor
+from narformer_core.metrics import mape
+from tests.test_latency_predictors import TINY_NAR, constant_mape, measured  # noqa: F401 (fixture)
+
+
+def conv(kernel, group=1):
+    return Node("Conv", (0,), {"kernel_shape": kernel, "group": group})
+
+
+def test_convolutions_are_split_by_kernel_and_grouping():
+    assert operator_kind(conv((1, 1))) == "Conv/1x1"
+    assert operator_kind(conv((3, 3))) == "Conv/3x3"
+    assert operator_kind(conv((7, 7))) == "Conv/other"
+    assert operator_kind(conv((3, 3), group=32)) == "Conv/grouped"
+    assert operator_kind(Node("Relu", (0,))) == "Relu"
+
+
+def test_terms_sum_over_operators_of_a_kind(measured):
+    graphs, _ = measured
+    g = graphs[-1]                                               # 3 convs of one kernel, Relus, pool, Gemm
+    terms = operator_cost_terms(g)
+    convs = [n for n in g.nodes if n.op == "Conv"]
+    kind = operator_kind(convs[0])
+    assert terms[kind][COST_TERMS.index("calls")] == len(convs)
+    relu_out = sum(float(np.prod(n.shape)) for n in g.nodes if n.op == "Relu")
+    assert terms["Relu"][COST_TERMS.index("output_elements")] == relu_out
+    assert terms["Relu"][COST_TERMS.index("parameters")] == 0
+    assert "input" not in terms
+
+
+def test_known_costs_are_recovered_exactly(measured):
+    graphs, _ = measured
+    # Synthetic labels made by a cost model: 0.01 ms fixed, 0.05 ms per million MACs of any
+    # convolution, 0.5 ms per million elements a Relu writes. The fit must give them back (the
+    # Relu term shares its column's values with other terms, so only the prediction is checked).
+    def truth(g):
+        t = operator_cost_terms(g)
+        macs = sum(v[0] for k, v in t.items() if k.startswith("Conv"))
+        return 0.01 + 0.05 * macs / 1e6 + 0.5 * t.get("Relu", np.zeros(5))[1] / 1e6
+    y = np.array([truth(g) for g in graphs])
+    m = OperatorCostModel().fit(graphs, y)
+    assert mape(m.predict_ms(graphs), y) < 1e-3
+    for row in m.table():
+        if row["kind"].startswith("Conv"):
+            assert row["macs"] == pytest.approx(0.05, rel=1e-2)
+
+
+def test_fit_on_real_timings_beats_a_constant_and_ignores_unseen_kinds(measured):
+    graphs, y = measured
+    m = OperatorCostModel().fit(graphs, y)
+    assert mape(m.predict_ms(graphs), y) < 0.5 * constant_mape(y)
+    assert all(min(r[t] for t in COST_TERMS) >= 0 for r in m.table())      # every term is a cost
+    # An operator kind never seen in training adds no term: the network costs what its known part does.
+    g = graphs[0]
+    extra = ArchGraph(list(g.nodes) + [Node("Softmax", (len(g) - 1,), {}, g.nodes[-1].shape)])
+    np.testing.assert_allclose(m.predict_ms([extra]), m.predict_ms([g]))
+
+
+def test_narformer_residual_from_operator_costs_round_trips(measured, tmp_path):
+    graphs, y = measured
+    p = NARFormerLatency(offset="opcost", **TINY_NAR).fit(graphs, y, seed=0)
+    assert isinstance(p.offset_model, OperatorCostModel)
+    q = load_predictor(p.save(tmp_path / "opcost.pt"))
+    assert q.offset == "opcost" and isinstance(q.offset_model, OperatorCostModel)
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown residual offset 'gnn'"):
+        NARFormerLatency(offset="gnn")
+
+
+def test_a_doctored_cost_table_is_refused(measured, tmp_path):
+    graphs, y = measured
+    path = NARFormerLatency(offset="opcost", **TINY_NAR).fit(graphs, y, seed=0).save(tmp_path / "opcost.pt")
+    st = torch.load(path, weights_only=True)
+    st["offset"]["weights"] = -st["offset"]["weights"] - 1.0
+    torch.save(st, path)
+    with pytest.raises(LatencyCheckpointError, match="non-negative"):
+        load_predictor(path)
