@@ -209,13 +209,14 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     node_raw = bool(getattr(args, "node_raw", False))
     members = int(getattr(args, "members", None) or 1)
     offset = getattr(args, "offset", None) or "flops"
-    names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN"}
+    names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN", "opcost": "operator-cost sum"}
     make = {
         "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
                                              static_raw=static_raw, scheme=scheme, node_raw=node_raw,
                                              members=members, offset=offset),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
+        "opcost": lambda: make_predictor("opcost"),
     }
     # Fail on bad options now, not after an hour of other trainings.
     for k in kinds:
@@ -229,7 +230,7 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
                  + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else [])
                  + ([f"offset={offset}"] if offset != "flops" else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
-                   "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True)}
+                   "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": "nnls-relative-1"}
     if fingerprints is not None:
         fingerprints.update({names[k]: fingerprint[k] for k in kinds})
     return {names[k]: make[k] for k in kinds}
@@ -243,7 +244,7 @@ def cmd_train_latency(args) -> int:
         raise UserError(f"{args.dataset} has only {len(graphs)} networks; train on at least 10")
     factories = _factories(args)
     if len(factories) != 1:
-        raise UserError("latency train trains one predictor: pass one of --predictors narformer|flops|nnlp")
+        raise UserError("latency train trains one predictor: pass one of --predictors narformer|flops|nnlp|opcost")
     (name, factory), = factories.items()
     pred = factory().fit(graphs, y, seed=args.seed, progress=not args.quiet)
     pred.meta.update({"dataset": str(args.dataset), "n_networks": len(graphs), "column": args.column,
@@ -367,7 +368,7 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
                    "inference thread's CPU time, steady on a busy machine), median_ms (wall clock), "
                    "min_ms, p10_ms, ...")
     _add_once(p, "--predictors", default=None if bench else "narformer",
-              help="latency: comma-separated narformer, flops, nnlp")
+              help="latency: comma-separated narformer, flops, nnlp, opcost")
     _add_once(p, "--target", default=None, choices=["log", "ms", "residual"],
               help="NAR-Former latency target (default: the predictor's default)")
     _add_once(p, "--no-static-raw", action="store_true",

@@ -53,7 +53,7 @@ def constant_mape(y):
 
 
 @pytest.mark.parametrize("kind,opts", [("flops", {}), ("nnlp", TINY_NNLP),
-                                       ("narformer", TINY_NAR)])
+                                       ("narformer", TINY_NAR), ("opcost", {})])
 def test_fit_beats_constant_and_round_trips(kind, opts, measured, tmp_path):
     graphs, y = measured
     p = make_predictor(kind, **opts).fit(graphs, y, seed=0)

@@ -1,6 +1,7 @@
-"""Three latency predictors for whole networks behind one interface.
+"""Latency predictors for whole networks behind one interface: NAR-Former, the two baselines of
+issue 3, and the operator-cost sum NAR-Former's residual can start from.
 
-    p = make_predictor("narformer" | "flops" | "nnlp", **options)
+    p = make_predictor("narformer" | "flops" | "nnlp" | "opcost", **options)
     p.fit(graphs, latencies_ms, val=(val_graphs, val_ms) or None, seed=0)
     p.predict(graphs) -> np.ndarray of ms
     p.save(path); load_predictor(path)
@@ -59,7 +60,7 @@ from ..tokenizer import SCHEMES
 from .op_cost import OperatorCostModel
 
 CKPT_FORMAT = "narformer-latency-1"
-KINDS = ("narformer", "flops", "nnlp")
+KINDS = ("narformer", "flops", "nnlp", "opcost")
 
 
 class LatencyCheckpointError(ValueError):
@@ -263,6 +264,39 @@ class FlopsRegression(LatencyPredictor):
         n_coef = 14 if self.degree == 2 else 4
         if self.degree not in (1, 2) or self.coef.shape != (n_coef,) or self.mu.shape != (4,) or self.sd.shape != (4,):
             raise ValueError(f"degree {self.degree!r} with {self.coef.shape} coefficients is not a FLOPs regression")
+
+
+class OperatorCostSum(LatencyPredictor):
+    """The operator-cost sum of op_cost.py on its own: a reference for NAR-Former's residual on
+    it (what the transformer adds), and a cost table a person can read."""
+
+    name = "operator-cost sum"
+    kind = "opcost"
+
+    def __init__(self):
+        super().__init__()
+        self.model = OperatorCostModel()
+
+    def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
+        self.model.fit(graphs, latencies_ms)            # closed form: no validation set needed
+        return self
+
+    def predict_log(self, graphs) -> np.ndarray:
+        return self.model.predict_log(_check_graphs(graphs))
+
+    def predict(self, graphs) -> np.ndarray:
+        return _finite_ms(self.model.predict_ms(_check_graphs(graphs)), self.name)
+
+    def _state(self):
+        st = self.model._state()
+        return {"config": {"kinds": st["kinds"]}, "arrays": {"weights": st["weights"]}}
+
+    def _load_state(self, st):
+        self.model = OperatorCostModel()
+        try:
+            self.model._load_state({"kinds": st["config"]["kinds"], "weights": st["arrays"]["weights"]})
+        except ValueError as e:
+            raise LatencyCheckpointError(f"the latency checkpoint holds no usable cost table: {e}") from None
 
 
 # ------------------------------------------------------------------ (a) NAR-Former
@@ -720,10 +754,10 @@ class NNLPGraphNet(LatencyPredictor):
 
 
 # ------------------------------------------------------------------ factory and loading
-_CLASSES = {"narformer": NARFormerLatency, "flops": FlopsRegression, "nnlp": NNLPGraphNet}
+_CLASSES = {"narformer": NARFormerLatency, "flops": FlopsRegression, "nnlp": NNLPGraphNet, "opcost": OperatorCostSum}
 # The tables each kind's _load_state reads: checked first so that a damaged file gets a sentence.
 _TABLES = {"narformer": ("config", "state_dict", "target", "arrays"), "flops": ("config", "arrays"),
-           "nnlp": ("config", "state_dict", "target", "arrays")}
+           "nnlp": ("config", "state_dict", "target", "arrays"), "opcost": ("config", "arrays")}
 
 
 def make_predictor(kind: str, **options) -> LatencyPredictor:
