@@ -209,11 +209,12 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     node_raw = bool(getattr(args, "node_raw", False))
     members = int(getattr(args, "members", None) or 1)
     offset = getattr(args, "offset", None) or "flops"
+    static_codes = not getattr(args, "no_static_codes", False)
     names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN", "opcost": "operator-cost sum"}
     make = {
         "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
                                              static_raw=static_raw, scheme=scheme, node_raw=node_raw,
-                                             members=members, offset=offset),
+                                             members=members, offset=offset, static_codes=static_codes),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
         "opcost": lambda: make_predictor("opcost"),
@@ -228,7 +229,8 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     # option existed keep their keys.
     nar_print = ([nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
                  + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else [])
-                 + ([f"offset={offset}"] if offset != "flops" else []))
+                 + ([f"offset={offset}"] if offset != "flops" else [])
+                 + (["no_static_codes"] if not static_codes else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
                    "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": "nnls-relative-1"}
     if fingerprints is not None:
@@ -378,6 +380,9 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
     _add_once(p, "--node-raw", action="store_true",
               help="NAR-Former latency: append each operator's own numbers (attributes, output shape, "
                    "its MACs, parameters and memory access, standardised) to its 480-value token")
+    _add_once(p, "--no-static-codes", action="store_true",
+              help="NAR-Former latency: the head reads the four standardised static features only, "
+                   "not their sin/cos codes (needs the raw features, so not with --no-static-raw)")
     _add_once(p, "--offset", default=None, choices=["flops", "opcost"],
               help="NAR-Former latency, residual target: measured from the FLOPs regression (default) "
                    "or from a sum of per-operator costs (latency/op_cost.py)")
