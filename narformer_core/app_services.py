@@ -551,6 +551,15 @@ def predict_latency(predictor, graphs: Sequence[ArchGraph]) -> np.ndarray:
     return np.asarray(predictor.predict(list(graphs)), dtype=np.float64)
 
 
+def cost_breakdown(predictor, graph: ArchGraph) -> list[dict] | None:
+    """The operator-cost sum's estimate per operator kind of ``graph``, when ``predictor`` has one
+    (the "opcost" kind, or NAR-Former with ``offset="opcost"``, whose residual multiplies it)."""
+    from .latency.op_cost import OperatorCostModel
+
+    model = getattr(predictor, "offset_model", None) if predictor.kind == "narformer" else getattr(predictor, "model", None)
+    return model.breakdown(graph) if isinstance(model, OperatorCostModel) else None
+
+
 DEV_LATENCY_SET = "zoo_cpu.jsonl.gz"   # the 150-network development set, the fallback reference
 
 

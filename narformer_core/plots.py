@@ -286,3 +286,19 @@ def arena_taus(frame: pd.DataFrame, title: str = "Kendall's tau on unseen cells 
     fig.update_layout(title=title, xaxis=dict(title="training cells", type="log"), yaxis_title="Kendall's tau",
                       height=380, margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def cost_breakdown(rows: Sequence[Mapping], total_ms: float | None = None) -> go.Figure:
+    """Horizontal bars: estimated ms per operator kind (``OperatorCostModel.breakdown``)."""
+    known = [r for r in rows if r["ms"] is not None]
+    known = sorted(known, key=lambda r: r["ms"])
+    fig = go.Figure(go.Bar(x=[r["ms"] for r in known], y=[r["kind"] for r in known], orientation="h",
+                           marker_color=[op_color(r["kind"].split("/")[0]) for r in known],
+                           customdata=[r["operators"] for r in known],
+                           hovertemplate="%{y}: %{x:.3f} ms over %{customdata} operators<extra></extra>"))
+    title = "Where the time goes (operator-cost sum)"
+    if total_ms is not None:
+        title += f": {total_ms:.2f} ms in all"
+    fig.update_layout(title=title, xaxis_title="estimated ms", height=120 + 22 * len(known),
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig

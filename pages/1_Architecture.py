@@ -154,6 +154,18 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
                "platform, not necessarily for this machine." + (
                    " `min_ms` is the fastest run over several timing sessions: what the hardware can do "
                    "when no other tenant slows it, steadier than one session's median." if column == "min_ms" else ""))
+    costs = svc.cost_breakdown(predictor, graph)
+    if costs:
+        with st.expander("Where the time goes (per operator kind)"):
+            total = sum(r["ms"] for r in costs if r["ms"] is not None)
+            st.plotly_chart(plots.cost_breakdown(costs, total), key=f"{key}_cost_bars", width="stretch")
+            unseen = [r["kind"] for r in costs if r["ms"] is None]
+            st.caption("The operator-cost sum: per operator kind, fitted costs per million MACs, per million "
+                       "elements written and read, per parameter and per call, added up."
+                       + (f" {predictor.name} multiplies that sum by what its transformer reads in the "
+                          f"network's structure ({ms / total:.2f}x here)." if predictor.kind == "narformer" else "")
+                       + (f" Kinds never seen in training, so counted as free here: {', '.join(unseen)}."
+                          if unseen else ""))
 
 
 def show_latency(graph: ArchGraph, onnx_bytes: bytes, family: str, description: str, key: str) -> None:

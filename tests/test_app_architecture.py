@@ -215,6 +215,30 @@ def test_latency_prediction_with_a_trained_predictor(at, onnx_bytes, monkeypatch
     assert shown == f"{expected:.3f} ms"
 
 
+def test_operator_cost_predictor_shows_where_the_time_goes(at, onnx_bytes, monkeypatch, tmp_path_factory):
+    from test_app_support import latency_predictor_dir
+
+    from narformer_core.latency.predictors import load_predictor
+    from narformer_core.onnx_import import load_onnx
+
+    lat_dir = latency_predictor_dir(tmp_path_factory.getbasetemp())
+    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
+    open_tab(at, "Upload ONNX")
+    at.file_uploader(key="arch_upload").set_value(("tiny.onnx", onnx_bytes, "application/octet-stream"))
+    at.run()
+    pick_dag(at, "arch_onnx_view")
+    at.selectbox(key="arch_onnx_latency_ckpt").set_value("opcost.pt").run()
+    no_exception(at)
+    assert any(e.label == "Where the time goes (per operator kind)" for e in at.expander)
+    # The bars add up to the predicted latency: the operator-cost sum is exactly that sum.
+    p = load_predictor(lat_dir / "opcost.pt")
+    graph = load_onnx(onnx_bytes)
+    costs = p.model.breakdown(graph)
+    shown = next(m.value for m in at.metric if m.label == "Predicted latency")
+    assert shown == f"{sum(r['ms'] for r in costs if r['ms'] is not None):.3f} ms"
+    assert "bar" in trace_types(at)
+
+
 def test_latency_without_a_trained_predictor_says_how_to_train(at, onnx_bytes):
     open_tab(at, "Upload ONNX")
     at.file_uploader(key="arch_upload").set_value(("tiny.onnx", onnx_bytes, "application/octet-stream"))

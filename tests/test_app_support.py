@@ -140,7 +140,8 @@ def array(value):
 
 
 def latency_predictor_dir(base: Path) -> Path:
-    """A folder with a fitted FLOPs-regression latency predictor (``flops.pt``) and, when the project
+    """A folder with a fitted FLOPs-regression latency predictor (``flops.pt``), an operator-cost sum
+    (``opcost.pt``) and, when the project
     has it, a copy of the measured zoo data set. The labels are made up: the tests check the
     page's wiring, not the predictor's skill."""
     import numpy as np
@@ -162,6 +163,7 @@ def latency_predictor_dir(base: Path) -> Path:
     from narformer_core.features import static_features
 
     ms = np.array([0.05 + static_features(g)["flops"] * 2e-8 for g in graphs])
+    make_predictor("opcost").fit(graphs, ms).save(out / "opcost.pt")     # before flops.pt: its presence says done
     p = make_predictor("flops").fit(graphs, ms)
     p.save(out / "flops.pt")
     zoo = ROOT / "assets" / "latency" / "zoo_cpu.jsonl.gz"

@@ -83,3 +83,17 @@ def test_a_doctored_cost_table_is_refused(measured, tmp_path):
     torch.save(st, path)
     with pytest.raises(LatencyCheckpointError, match="non-negative"):
         load_predictor(path)
+
+
+def test_breakdown_adds_up_to_the_prediction_and_names_unseen_kinds(measured):
+    graphs, y = measured
+    m = OperatorCostModel().fit(graphs, y)
+    g = graphs[5]
+    rows = m.breakdown(g)
+    assert rows[-1]["kind"] == "fixed per run"
+    assert sum(r["ms"] for r in rows) == pytest.approx(float(m.predict_ms([g])[0]))
+    known = [r["ms"] for r in rows[:-1]]
+    assert known == sorted(known, reverse=True)                   # slowest kind first
+    extra = ArchGraph(list(g.nodes) + [Node("Softmax", (len(g) - 1,), {}, g.nodes[-1].shape)])
+    unseen = [r for r in m.breakdown(extra) if r["ms"] is None]
+    assert [r["kind"] for r in unseen] == ["Softmax"] and unseen[0]["operators"] == 1

@@ -108,6 +108,19 @@ class OperatorCostModel:
     def predict_log(self, graphs) -> np.ndarray:
         return np.log(self.predict_ms(graphs))
 
+    def breakdown(self, graph: ArchGraph) -> list[dict]:
+        """Where one network's time goes by this model: [{kind, ms, operators}], slowest first,
+        plus the fixed per-run cost; kinds the model never saw are listed with ms None."""
+        n = len(COST_TERMS)
+        index = {k: i for i, k in enumerate(self.kinds)}
+        rows = []
+        for kind, t in operator_cost_terms(graph).items():
+            i = index.get(kind)
+            ms = None if i is None else float((t / _SCALE) @ self.weights[i * n:(i + 1) * n])
+            rows.append({"kind": kind, "ms": ms, "operators": int(t[COST_TERMS.index("calls")])})
+        rows.sort(key=lambda r: -1.0 if r["ms"] is None else r["ms"], reverse=True)
+        return rows + [{"kind": "fixed per run", "ms": float(self.weights[-1]), "operators": 0}]
+
     def table(self) -> list[dict]:
         """The fitted costs, one row per operator kind (for reading, plots and the notes)."""
         n = len(COST_TERMS)
