@@ -190,6 +190,7 @@ def _json_arg(text: str | None, what: str) -> dict:
 
 def _factories(args, fingerprints: dict | None = None) -> dict:
     """Column name -> factory of a fresh predictor, from the command line options."""
+    from .latency.op_cost import DEFAULT_SHRINK
     from .latency.predictors import KINDS, make_predictor
 
     kinds = [k.strip() for k in (args.predictors or ",".join(KINDS)).split(",") if k.strip()]
@@ -229,10 +230,10 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     # option existed keep their keys.
     nar_print = ([nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
                  + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else [])
-                 + ([f"offset={offset}"] if offset != "flops" else [])
+                 + ([f"offset={offset}-shrink{DEFAULT_SHRINK}"] if offset == "opcost" else [])
                  + (["no_static_codes"] if not static_codes else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
-                   "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": "nnls-relative-1"}
+                   "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": f"nnls-relative-shrink{DEFAULT_SHRINK}"}
     if fingerprints is not None:
         fingerprints.update({names[k]: fingerprint[k] for k in kinds})
     return {names[k]: make[k] for k in kinds}

@@ -159,12 +159,15 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
         with st.expander("Where the time goes (per operator kind)"):
             total = sum(r["ms"] for r in costs if r["ms"] is not None)
             st.plotly_chart(plots.cost_breakdown(costs, total), key=f"{key}_cost_bars", width="stretch")
+            guessed = [r["kind"] for r in costs if r["by_category"] and r["ms"] is not None]
             unseen = [r["kind"] for r in costs if r["ms"] is None]
             st.caption("The operator-cost sum: per operator kind, fitted costs per million MACs, per million "
                        "elements written and read, per parameter and per call, added up."
                        + (f" {predictor.name} multiplies that sum by what its transformer reads in the "
                           f"network's structure ({ms / total:.2f}x here)." if predictor.kind == "narformer" else "")
-                       + (f" Kinds never seen in training, so counted as free here: {', '.join(unseen)}."
+                       + (f" Kinds never seen in training, costed as their category (conv, matmul, pool, "
+                          f"data movement or elementwise): {', '.join(guessed)}." if guessed else "")
+                       + (f" Kinds with no cost at all (their category was never seen either): {', '.join(unseen)}."
                           if unseen else ""))
 
 

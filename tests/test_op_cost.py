@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from narformer_core.graph import ArchGraph, Node
-from narformer_core.latency.op_cost import COST_TERMS, OperatorCostModel, operator_cost_terms, operator_kind
+from narformer_core.latency.op_cost import (_SCALE, COST_TERMS, OperatorCostModel, operator_category,
+                                            operator_cost_terms, operator_kind)
 from narformer_core.latency.predictors import LatencyCheckpointError, NARFormerLatency, load_predictor
 from narformer_core.metrics import mape
 from tests.test_latency_predictors import TINY_NAR, constant_mape, measured  # noqa: F401 (fixture)
@@ -53,15 +54,37 @@ def test_known_costs_are_recovered_exactly(measured):
             assert row["macs"] == pytest.approx(0.05, rel=1e-2)
 
 
-def test_fit_on_real_timings_beats_a_constant_and_ignores_unseen_kinds(measured):
+def test_fit_on_real_timings_beats_a_constant_and_costs_unseen_kinds_by_category(measured):
     graphs, y = measured
     m = OperatorCostModel().fit(graphs, y)
     assert mape(m.predict_ms(graphs), y) < 0.5 * constant_mape(y)
     assert all(min(r[t] for t in COST_TERMS) >= 0 for r in m.table())      # every term is a cost
-    # An operator kind never seen in training adds no term: the network costs what its known part does.
+    assert operator_category("Softmax") == "elementwise" and "Softmax" not in m.kinds
+    # A kind never seen in training costs what its category (here: elementwise, fitted from Relu) does.
     g = graphs[0]
     extra = ArchGraph(list(g.nodes) + [Node("Softmax", (len(g) - 1,), {}, g.nodes[-1].shape)])
-    np.testing.assert_allclose(m.predict_ms([extra]), m.predict_ms([g]))
+    softmax = operator_cost_terms(extra)["Softmax"] / _SCALE
+    j = m.categories.index("elementwise")
+    by_category = float(softmax @ m.category_weights[j * 5:(j + 1) * 5])
+    np.testing.assert_allclose(m.predict_ms([extra]), m.predict_ms([g]) + by_category)
+    # Without the pull there are no category costs: an unseen kind then adds nothing.
+    m0 = OperatorCostModel(shrink=0.0).fit(graphs, y)
+    np.testing.assert_allclose(m0.predict_ms([extra]), m0.predict_ms([g]))
+
+
+def test_a_strong_pull_gives_every_kind_its_category_costs(measured):
+    graphs, y = measured
+
+    def conv_spread(shrink):
+        conv = [r for r in OperatorCostModel(shrink=shrink).fit(graphs, y).table() if r["kind"].startswith("Conv")]
+        assert len(conv) >= 2                                      # 1x1, 3x3 and 5x5 ("other") kernels
+        top = max(r[t] for r in conv for t in COST_TERMS)
+        return max(max(r[t] for r in conv) - min(r[t] for r in conv) for t in COST_TERMS) / top
+
+    # Pulled hard, the convolution kinds share their category's costs; left free, they do not.
+    assert conv_spread(1e6) < 0.01 < conv_spread(0.0)
+    with pytest.raises(ValueError, match="shrink must be a non-negative number"):
+        OperatorCostModel(shrink=-1.0)
 
 
 def test_narformer_residual_from_operator_costs_round_trips(measured, tmp_path):
@@ -85,7 +108,7 @@ def test_a_doctored_cost_table_is_refused(measured, tmp_path):
         load_predictor(path)
 
 
-def test_breakdown_adds_up_to_the_prediction_and_names_unseen_kinds(measured):
+def test_breakdown_adds_up_to_the_prediction_and_marks_unseen_kinds(measured):
     graphs, y = measured
     m = OperatorCostModel().fit(graphs, y)
     g = graphs[5]
@@ -94,6 +117,9 @@ def test_breakdown_adds_up_to_the_prediction_and_names_unseen_kinds(measured):
     assert sum(r["ms"] for r in rows) == pytest.approx(float(m.predict_ms([g])[0]))
     known = [r["ms"] for r in rows[:-1]]
     assert known == sorted(known, reverse=True)                   # slowest kind first
+    assert not any(r["by_category"] for r in rows)
     extra = ArchGraph(list(g.nodes) + [Node("Softmax", (len(g) - 1,), {}, g.nodes[-1].shape)])
-    unseen = [r for r in m.breakdown(extra) if r["ms"] is None]
-    assert [r["kind"] for r in unseen] == ["Softmax"] and unseen[0]["operators"] == 1
+    rows = m.breakdown(extra)
+    unseen = [r for r in rows if r["by_category"]]
+    assert [r["kind"] for r in unseen] == ["Softmax"] and unseen[0]["operators"] == 1 and unseen[0]["ms"] >= 0
+    assert sum(r["ms"] for r in rows) == pytest.approx(float(m.predict_ms([extra])[0]))

@@ -15,7 +15,8 @@ than the FLOPs regression (5.85% against 8.02% validation MAPE, assets/latency/R
 12), so NAR-Former can learn its residual instead: what the sum misses (fusion, cache effects,
 small-kernel overheads) is what the transformer should see in a network's structure.
 
-An operator kind the model did not see in training adds nothing (its cost goes to the residual).
+Each kind's costs are pulled towards those of its category (conv, matmul, pool, data movement,
+elementwise), and a kind not seen in training costs what its category does.
 """
 from __future__ import annotations
 
@@ -63,16 +64,62 @@ def operator_cost_terms(g: ArchGraph) -> dict[str, np.ndarray]:
     return out
 
 
+# A kind's costs are pulled towards those of its category (see OperatorCostModel.fit), and a
+# kind never seen in training costs what its category does.
+_MATMUL = {"Gemm", "MatMul"}
+_POOL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "LpPool"}
+_DATA_MOVEMENT = {"Concat", "Split", "Slice", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Pad",
+                  "Resize", "Upsample", "Gather", "Identity", "Expand", "Tile", "Shape", "Cast", "DepthToSpace",
+                  "SpaceToDepth"}
+
+
+def operator_category(kind: str) -> str:
+    """conv, matmul, pool, data movement or elementwise (the default: activations, arithmetic, norms)."""
+    if kind.startswith("Conv"):
+        return "conv"
+    if kind in _MATMUL:
+        return "matmul"
+    if kind in _POOL:
+        return "pool"
+    if kind in _DATA_MOVEMENT:
+        return "data movement"
+    return "elementwise"
+
+
+# Strength of the pull of a kind's costs towards its category's (chosen on validation networks
+# only, session 12: the largest of 0.01, 0.1, 1, 10 that keeps the in-domain validation MAPE
+# within 0.2 points of the unpulled fit; assets/latency/README.md).
+DEFAULT_SHRINK = 1.0
+
+
 class OperatorCostModel:
     """Fitted per-kind cost weights; ``predict_ms`` / ``predict_log`` for any network."""
 
     name = "operator-cost sum"
 
-    def __init__(self):
+    def __init__(self, shrink: float = DEFAULT_SHRINK):
+        if not (np.isfinite(shrink) and shrink >= 0):
+            raise ValueError(f"shrink must be a non-negative number, got {shrink}")
+        self.shrink = float(shrink)
         self.kinds: list[str] = []
         self.weights: np.ndarray | None = None          # (len(kinds) * 5 + 1,), the last one the constant
+        self.categories: list[str] = []
+        self.category_weights: np.ndarray | None = None  # (len(categories) * 5,)
+
+    def _kind_weights(self, kind: str) -> np.ndarray | None:
+        """The 5 cost weights of ``kind``: its own, else its category's, else None (unknown)."""
+        n = len(COST_TERMS)
+        if kind in self.kinds:
+            i = self.kinds.index(kind)
+            return self.weights[i * n:(i + 1) * n]
+        cat = operator_category(kind)
+        if self.category_weights is not None and cat in self.categories:
+            j = self.categories.index(cat)
+            return self.category_weights[j * n:(j + 1) * n]
+        return None
 
     def design(self, graphs, terms=None) -> np.ndarray:
+        """(N, kinds * 5 + 1) scaled cost terms of the fitted kinds, and the constant's column."""
         from .predictors import _cached
 
         index = {k: i for i, k in enumerate(self.kinds)}
@@ -82,11 +129,21 @@ class OperatorCostModel:
         for r, g in enumerate(graphs):
             for kind, t in (terms[r] if terms is not None else _cached("opcost", g, operator_cost_terms)).items():
                 i = index.get(kind)
-                if i is not None:                       # a kind not seen in training: no term
+                if i is not None:
                     x[r, i * n_terms:(i + 1) * n_terms] = t / _SCALE
         return x
 
     def fit(self, graphs, latencies_ms) -> "OperatorCostModel":
+        """Non-negative least squares on the relative error, each kind's costs pulled to its category's.
+
+        Why the pull: a kind seen only in small roles teaches nothing about its large ones. Sigmoid
+        appears in MnasNet's squeeze-excitation blocks (tensors of a few hundred elements) and in
+        EfficientNet's SiLU over whole feature maps; fitted without EfficientNet, its per-element
+        cost is unconstrained and came out ~15x too high (session 12's leave-one-family-out
+        bench). The pull is a penalty shrink * s_t * (w_kind,t - w_category,t) per kind and cost
+        term, s_t the term's typical share of a network's latency per unit of weight, so the
+        penalty is in relative-latency units; categories are fitted together with the kinds.
+        """
         from scipy.optimize import nnls
         from .predictors import _cached, _check_graphs, _check_ms
 
@@ -94,32 +151,56 @@ class OperatorCostModel:
         y = _check_ms(latencies_ms, len(graphs))
         terms = [_cached("opcost", g, operator_cost_terms) for g in graphs]
         self.kinds = sorted({k for t in terms for k in t})
-        x = self.design(graphs, terms)
-        # Relative least squares: row r divided by y_r, so the residual is (pred - y) / y.
-        self.weights, _ = nnls(x / y[:, None], np.ones(len(y)), maxiter=50 * x.shape[1])
+        self.categories = sorted({operator_category(k) for k in self.kinds})
+        n, K, G = len(COST_TERMS), len(self.kinds), len(self.categories)
+        x = self.design(graphs, terms) / y[:, None]       # row r / y_r: the residual is (pred - y) / y
+        data = np.concatenate([x[:, :-1], np.zeros((len(y), G * n)), x[:, -1:]], axis=1)
+        blocks = [data]
+        if self.shrink > 0:
+            per_term = x[:, :-1].reshape(len(y), K, n).sum(axis=1).mean(axis=0)      # s_t
+            scale = np.sqrt(self.shrink) * np.where(per_term > 0, per_term, 1.0)
+            pull = np.zeros((K * n, K * n + G * n + 1))
+            for i, kind in enumerate(self.kinds):
+                j = self.categories.index(operator_category(kind))
+                for t in range(n):
+                    pull[i * n + t, i * n + t] = scale[t]
+                    pull[i * n + t, K * n + j * n + t] = -scale[t]
+            blocks.append(pull)
+        a = np.concatenate(blocks)
+        b = np.concatenate([np.ones(len(y)), np.zeros(len(a) - len(y))])
+        v, _ = nnls(a, b, maxiter=50 * a.shape[1])
+        self.weights = np.concatenate([v[:K * n], v[-1:]])
+        self.category_weights = v[K * n:K * n + G * n] if self.shrink > 0 else None
         return self
 
     def predict_ms(self, graphs) -> np.ndarray:
         if self.weights is None:
             raise ValueError("the operator-cost model is not fitted")
-        # A network made only of unseen kinds could sum to 0 ms: keep the log finite.
-        return np.maximum(self.design(graphs) @ self.weights, 1e-3)
+        from .predictors import _cached
+
+        ms = self.design(graphs) @ self.weights
+        for r, g in enumerate(graphs):                  # kinds not seen in training: their category's costs
+            for kind, t in _cached("opcost", g, operator_cost_terms).items():
+                if kind not in self.kinds:
+                    w = self._kind_weights(kind)
+                    ms[r] += 0.0 if w is None else float((t / _SCALE) @ w)
+        # A network made only of unknown kinds could sum to 0 ms: keep the log finite.
+        return np.maximum(ms, 1e-3)
 
     def predict_log(self, graphs) -> np.ndarray:
         return np.log(self.predict_ms(graphs))
 
     def breakdown(self, graph: ArchGraph) -> list[dict]:
-        """Where one network's time goes by this model: [{kind, ms, operators}], slowest first,
-        plus the fixed per-run cost; kinds the model never saw are listed with ms None."""
-        n = len(COST_TERMS)
-        index = {k: i for i, k in enumerate(self.kinds)}
+        """Where one network's time goes by this model: [{kind, ms, operators, by_category}],
+        slowest first, plus the fixed per-run cost; ``by_category``: a kind not seen in training,
+        costed as its category; ms None where even that is unknown."""
         rows = []
         for kind, t in operator_cost_terms(graph).items():
-            i = index.get(kind)
-            ms = None if i is None else float((t / _SCALE) @ self.weights[i * n:(i + 1) * n])
-            rows.append({"kind": kind, "ms": ms, "operators": int(t[COST_TERMS.index("calls")])})
+            w = self._kind_weights(kind)
+            rows.append({"kind": kind, "ms": None if w is None else float((t / _SCALE) @ w),
+                         "operators": int(t[COST_TERMS.index("calls")]), "by_category": kind not in self.kinds})
         rows.sort(key=lambda r: -1.0 if r["ms"] is None else r["ms"], reverse=True)
-        return rows + [{"kind": "fixed per run", "ms": float(self.weights[-1]), "operators": 0}]
+        return rows + [{"kind": "fixed per run", "ms": float(self.weights[-1]), "operators": 0, "by_category": False}]
 
     def table(self) -> list[dict]:
         """The fitted costs, one row per operator kind (for reading, plots and the notes)."""
@@ -128,12 +209,23 @@ class OperatorCostModel:
                 for i, k in enumerate(self.kinds)]
 
     def _state(self) -> dict:
-        return {"kind": "opcost", "kinds": list(self.kinds), "weights": torch.from_numpy(np.asarray(self.weights))}
+        st = {"kind": "opcost", "kinds": list(self.kinds), "weights": torch.from_numpy(np.asarray(self.weights)),
+              "shrink": self.shrink, "categories": list(self.categories)}
+        if self.category_weights is not None:
+            st["category_weights"] = torch.from_numpy(np.asarray(self.category_weights))
+        return st
 
     def _load_state(self, st: dict) -> None:
         kinds, w = list(st["kinds"]), st["weights"].numpy()
-        if not all(isinstance(k, str) for k in kinds) or w.shape != (len(kinds) * len(COST_TERMS) + 1,):
+        cats = list(st.get("categories") or [])
+        cw = st["category_weights"].numpy() if st.get("category_weights") is not None else None
+        n = len(COST_TERMS)
+        if not all(isinstance(k, str) for k in kinds + cats) or w.shape != (len(kinds) * n + 1,):
             raise ValueError(f"{w.shape} weights for {len(kinds)} operator kinds is not an operator-cost model")
-        if not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError("an operator-cost model has finite, non-negative weights only")
-        self.kinds, self.weights = kinds, w
+        if cw is not None and cw.shape != (len(cats) * n,):
+            raise ValueError(f"{cw.shape} category weights for {len(cats)} categories is not an operator-cost model")
+        for arr in (w, cw):
+            if arr is not None and (not np.all(np.isfinite(arr)) or np.any(arr < 0)):
+                raise ValueError("an operator-cost model has finite, non-negative weights only")
+        self.kinds, self.weights, self.categories, self.category_weights = kinds, w, cats, cw
+        self.shrink = float(st.get("shrink", 0.0))

@@ -29,13 +29,19 @@ issue 3, and the operator-cost sum NAR-Former's residual can start from.
   Session 10 options (none beat session 9's choice): the model's ``graph_bias`` (attention biased
   by each token pair's relation in the graph, edges from ``graph_edges``), ``slot_dropout``, and
   ``LatencyTrainConfig.length_chunk`` (random batches). Session 11 (none either): ``graph_ffn``
-  (each encoder FFN also reads the means of a token's sources and consumers).
+  (each encoder FFN also reads the means of a token's sources and consumers). Session 12: the
+  ``offset`` of the residual target may be the operator-cost sum of op_cost.py ("opcost", the
+  shipped choice since session 12) instead of the FLOPs regression; ``static_codes=False`` leaves
+  the static features' sin/cos codes out of the head; readouts "token+relusum" / "relusum".
 * ``FlopsRegression``: ridge regression of log latency on a degree-2 polynomial of the log
   static features (the classic "latency from FLOPs" proxy, with params and memory access).
 * ``NNLPGraphNet``: an NNLP-style graph network in plain torch: node features = op one-hot +
   operator attributes + output shape, two SAGE layers of width 512 (own features and the mean of
   the neighbours', both edge directions), sum pooling, the four static features concatenated,
   MLP head, log-latency target.
+* ``OperatorCostSum``: the operator-cost sum of op_cost.py alone (non-negative per-kind costs per
+  MAC, element, parameter and call, fitted on relative error): the reference that shows what
+  NAR-Former's residual on it adds.
 
 Checkpoints hold only tensors and plain containers (``torch.save``; ``torch.load`` with
 ``weights_only=True``), so loading one never runs code from the file.
@@ -273,9 +279,9 @@ class OperatorCostSum(LatencyPredictor):
     name = "operator-cost sum"
     kind = "opcost"
 
-    def __init__(self):
+    def __init__(self, shrink: float | None = None):
         super().__init__()
-        self.model = OperatorCostModel()
+        self.model = OperatorCostModel() if shrink is None else OperatorCostModel(shrink=shrink)
 
     def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
         self.model.fit(graphs, latencies_ms)            # closed form: no validation set needed
