@@ -196,11 +196,9 @@ def test_model_zoo_variant_builds_and_measures(at):
     assert "Measured" in texts(at)
 
 
-def test_latency_prediction_with_a_trained_predictor(at, onnx_bytes, monkeypatch, tmp_path_factory):
+def upload_with_predictors(at, onnx_bytes, monkeypatch, tmp_path_factory):
+    """The uploaded tiny ONNX model on the Architecture page, with the test predictors' folder."""
     from test_app_support import latency_predictor_dir
-
-    from narformer_core.latency.predictors import load_predictor
-    from narformer_core.onnx_import import load_onnx
 
     lat_dir = latency_predictor_dir(tmp_path_factory.getbasetemp())
     monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
@@ -208,6 +206,14 @@ def test_latency_prediction_with_a_trained_predictor(at, onnx_bytes, monkeypatch
     at.file_uploader(key="arch_upload").set_value(("tiny.onnx", onnx_bytes, "application/octet-stream"))
     at.run()
     pick_dag(at, "arch_onnx_view")
+    return lat_dir
+
+
+def test_latency_prediction_with_a_trained_predictor(at, onnx_bytes, monkeypatch, tmp_path_factory):
+    from narformer_core.latency.predictors import load_predictor
+    from narformer_core.onnx_import import load_onnx
+
+    lat_dir = upload_with_predictors(at, onnx_bytes, monkeypatch, tmp_path_factory)
     no_exception(at)
     assert at.selectbox(key="arch_onnx_latency_ckpt").value == "flops.pt"
     expected = float(load_predictor(lat_dir / "flops.pt").predict([load_onnx(onnx_bytes)])[0])
@@ -216,24 +222,15 @@ def test_latency_prediction_with_a_trained_predictor(at, onnx_bytes, monkeypatch
 
 
 def test_operator_cost_predictor_shows_where_the_time_goes(at, onnx_bytes, monkeypatch, tmp_path_factory):
-    from test_app_support import latency_predictor_dir
-
     from narformer_core.latency.predictors import load_predictor
     from narformer_core.onnx_import import load_onnx
 
-    lat_dir = latency_predictor_dir(tmp_path_factory.getbasetemp())
-    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
-    open_tab(at, "Upload ONNX")
-    at.file_uploader(key="arch_upload").set_value(("tiny.onnx", onnx_bytes, "application/octet-stream"))
-    at.run()
-    pick_dag(at, "arch_onnx_view")
+    lat_dir = upload_with_predictors(at, onnx_bytes, monkeypatch, tmp_path_factory)
     at.selectbox(key="arch_onnx_latency_ckpt").set_value("opcost.pt").run()
     no_exception(at)
     assert any(e.label == "Where the time goes (per operator kind)" for e in at.expander)
     # The bars add up to the predicted latency: the operator-cost sum is exactly that sum.
-    p = load_predictor(lat_dir / "opcost.pt")
-    graph = load_onnx(onnx_bytes)
-    costs = p.model.breakdown(graph)
+    costs = load_predictor(lat_dir / "opcost.pt").model.breakdown(load_onnx(onnx_bytes))
     shown = next(m.value for m in at.metric if m.label == "Predicted latency")
     assert shown == f"{sum(r['ms'] for r in costs if r['ms'] is not None):.3f} ms"
     assert "bar" in trace_types(at)

@@ -1,4 +1,4 @@
-"""The three latency predictors on a small real set: tiny torch conv nets, timed with onnxruntime."""
+"""The latency predictors on a small real set: tiny torch conv nets, timed with onnxruntime."""
 import io
 import warnings
 
