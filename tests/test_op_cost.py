@@ -123,3 +123,17 @@ def test_breakdown_adds_up_to_the_prediction_and_marks_unseen_kinds(measured):
     unseen = [r for r in rows if r["by_category"]]
     assert [r["kind"] for r in unseen] == ["Softmax"] and unseen[0]["operators"] == 1 and unseen[0]["ms"] >= 0
     assert sum(r["ms"] for r in rows) == pytest.approx(float(m.predict_ms([extra])[0]))
+
+
+def test_the_saved_sum_keeps_its_category_costs(measured, tmp_path):
+    from narformer_core.latency.predictors import make_predictor
+
+    graphs, y = measured
+    g = graphs[0]
+    extra = ArchGraph(list(g.nodes) + [Node("Softmax", (len(g) - 1,), {}, g.nodes[-1].shape)])
+    p = make_predictor("opcost").fit(graphs, y)
+    q = load_predictor(p.save(tmp_path / "opcost.pt"))
+    assert q.model.shrink == p.model.shrink and q.model.categories == p.model.categories
+    # The unseen Softmax is costed by its category after loading too.
+    np.testing.assert_allclose(q.predict([extra, g]), p.predict([extra, g]))
+    assert q.predict([extra])[0] > q.predict([g])[0]

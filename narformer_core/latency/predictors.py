@@ -295,12 +295,13 @@ class OperatorCostSum(LatencyPredictor):
 
     def _state(self):
         st = self.model._state()
-        return {"config": {"kinds": st["kinds"]}, "arrays": {"weights": st["weights"]}}
+        arrays = {k: st[k] for k in ("weights", "category_weights") if k in st}
+        return {"config": {k: st[k] for k in ("kinds", "categories", "shrink")}, "arrays": arrays}
 
     def _load_state(self, st):
         self.model = OperatorCostModel()
         try:
-            self.model._load_state({"kinds": st["config"]["kinds"], "weights": st["arrays"]["weights"]})
+            self.model._load_state({**st["config"], **st["arrays"]})
         except ValueError as e:
             raise LatencyCheckpointError(f"the latency checkpoint holds no usable cost table: {e}") from None
 
