@@ -3,20 +3,25 @@
     ms ~ c0 + sum over operators i of  w[k(i)] . [MACs_i, output elements_i, parameters_i,
                                                    input elements_i, 1] / (1e6, ..., 1)
 
-k(i) is the operator's kind: its ONNX type, with convolutions split into grouped (depthwise),
-1x1, 3x3 and other kernels, whose cost per MAC differs several-fold on a CPU. The weights are
+k(i) is the operator's kind: its ONNX type, with convolutions split into grouped (depthwise or
+not), 1x1, 3x3 and other kernels, whose cost per MAC differs several-fold on a CPU. The weights are
 fitted by non-negative least squares on the relative error (each row divided by its latency),
 the error MAPE measures; non-negative, every term is a cost: milliseconds per million MACs of a
 3x3 convolution, per million elements a Relu writes, per call of an Add.
 
 Why: it is nn-Meter's view of latency (a network runs as a sequence of kernels; their times add
-up), with a few dozen numbers. On the zoo's training networks it fits validation latencies better
+up), with about a hundred numbers. On the zoo's training networks it fits validation latencies better
 than the FLOPs regression (5.85% against 8.02% validation MAPE, assets/latency/README.md, session
 12), so NAR-Former can learn its residual instead: what the sum misses (fusion, cache effects,
 small-kernel overheads) is what the transformer should see in a network's structure.
 
 Each kind's costs are pulled towards those of its category (conv, matmul, pool, data movement,
 elementwise), and a kind not seen in training costs what its category does.
+
+Limits (session 12): fitted on the zoo's ten families, it ranks networks of other families at
+tau 0.62 with 86% MAPE: ConvNeXt's LayerNorm and GELU arrive as many small elementwise
+operators, each priced as a full-size one. Use it to explain where a zoo-like network's time
+goes, not to predict an unfamiliar one.
 """
 from __future__ import annotations
 
