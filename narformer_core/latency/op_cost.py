@@ -185,12 +185,13 @@ class OperatorCostModel:
             raise ValueError("the operator-cost model is not fitted")
         from .predictors import _cached
 
-        ms = self.design(graphs) @ self.weights
-        for r, g in enumerate(graphs):                  # kinds not seen in training: their category's costs
+        # Each kind at its own costs, or its category's when training never saw it (_kind_weights).
+        ms = np.full(len(graphs), float(self.weights[-1]))
+        for r, g in enumerate(graphs):
             for kind, t in _cached("opcost", g, operator_cost_terms).items():
-                if kind not in self.kinds:
-                    w = self._kind_weights(kind)
-                    ms[r] += 0.0 if w is None else float((t / _SCALE) @ w)
+                w = self._kind_weights(kind)
+                if w is not None:
+                    ms[r] += float((t / _SCALE) @ w)
         # A network made only of unknown kinds could sum to 0 ms: keep the log finite.
         return np.maximum(ms, 1e-3)
 

@@ -30,8 +30,8 @@ issue 3, and the operator-cost sum NAR-Former's residual can start from.
   by each token pair's relation in the graph, edges from ``graph_edges``), ``slot_dropout``, and
   ``LatencyTrainConfig.length_chunk`` (random batches). Session 11 (none either): ``graph_ffn``
   (each encoder FFN also reads the means of a token's sources and consumers). Session 12: the
-  ``offset`` of the residual target may be the operator-cost sum of op_cost.py ("opcost", the
-  shipped choice since session 12) instead of the FLOPs regression; ``static_codes=False`` leaves
+  ``offset`` of the residual target may be the operator-cost sum of op_cost.py ("opcost": better
+  in domain, much worse outside the zoo, so not shipped) instead of the FLOPs regression; ``static_codes=False`` leaves
   the static features' sin/cos codes out of the head; readouts "token+relusum" / "relusum".
 * ``FlopsRegression``: ridge regression of log latency on a degree-2 polynomial of the log
   static features (the classic "latency from FLOPs" proxy, with params and memory access).
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from ..graph import ArchGraph, GraphError
 from ..metrics import mape
 from ..tokenizer import SCHEMES
-from .op_cost import OperatorCostModel
+from .op_cost import DEFAULT_SHRINK, OperatorCostModel
 
 CKPT_FORMAT = "narformer-latency-1"
 KINDS = ("narformer", "flops", "nnlp", "opcost")
@@ -279,9 +279,9 @@ class OperatorCostSum(LatencyPredictor):
     name = "operator-cost sum"
     kind = "opcost"
 
-    def __init__(self, shrink: float | None = None):
+    def __init__(self, shrink: float = DEFAULT_SHRINK):
         super().__init__()
-        self.model = OperatorCostModel() if shrink is None else OperatorCostModel(shrink=shrink)
+        self.model = OperatorCostModel(shrink)
 
     def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
         self.model.fit(graphs, latencies_ms)            # closed form: no validation set needed
