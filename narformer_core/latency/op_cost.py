@@ -125,19 +125,21 @@ class OperatorCostModel:
             return self.category_weights[j * n:(j + 1) * n]
         return None
 
-    def design(self, graphs, terms=None) -> np.ndarray:
-        """(N, kinds * 5 + 1) scaled cost terms of the fitted kinds, and the constant's column."""
-        from .predictors import _cached
+    def _kind_ms(self, kind: str, terms: np.ndarray) -> float | None:
+        """ms of one kind's summed cost terms in a network (None: neither kind nor category known)."""
+        w = self._kind_weights(kind)
+        return None if w is None else float((terms / _SCALE) @ w)
 
+    def _design(self, terms: list[dict]) -> np.ndarray:
+        """(N, kinds * 5 + 1): the networks' scaled cost terms of the fitted kinds, and a constant column."""
         index = {k: i for i, k in enumerate(self.kinds)}
         n_terms = len(COST_TERMS)
-        x = np.zeros((len(graphs), len(self.kinds) * n_terms + 1))
+        x = np.zeros((len(terms), len(self.kinds) * n_terms + 1))
         x[:, -1] = 1.0
-        for r, g in enumerate(graphs):
-            for kind, t in (terms[r] if terms is not None else _cached("opcost", g, operator_cost_terms)).items():
-                i = index.get(kind)
-                if i is not None:
-                    x[r, i * n_terms:(i + 1) * n_terms] = t / _SCALE
+        for r, per_kind in enumerate(terms):
+            for kind, t in per_kind.items():
+                i = index[kind]
+                x[r, i * n_terms:(i + 1) * n_terms] = t / _SCALE
         return x
 
     def fit(self, graphs, latencies_ms) -> "OperatorCostModel":
@@ -160,7 +162,7 @@ class OperatorCostModel:
         self.kinds = sorted({k for t in terms for k in t})
         self.categories = sorted({operator_category(k) for k in self.kinds})
         n, K, G = len(COST_TERMS), len(self.kinds), len(self.categories)
-        x = self.design(graphs, terms) / y[:, None]       # row r / y_r: the residual is (pred - y) / y
+        x = self._design(terms) / y[:, None]       # row r / y_r: the residual is (pred - y) / y
         data = np.concatenate([x[:, :-1], np.zeros((len(y), G * n)), x[:, -1:]], axis=1)
         blocks = [data]
         if self.shrink > 0:
@@ -188,10 +190,7 @@ class OperatorCostModel:
         # Each kind at its own costs, or its category's when training never saw it (_kind_weights).
         ms = np.full(len(graphs), float(self.weights[-1]))
         for r, g in enumerate(graphs):
-            for kind, t in _cached("opcost", g, operator_cost_terms).items():
-                w = self._kind_weights(kind)
-                if w is not None:
-                    ms[r] += float((t / _SCALE) @ w)
+            ms[r] += sum(self._kind_ms(kind, t) or 0.0 for kind, t in _cached("opcost", g, operator_cost_terms).items())
         # A network made only of unknown kinds could sum to 0 ms: keep the log finite.
         return np.maximum(ms, 1e-3)
 
@@ -204,8 +203,7 @@ class OperatorCostModel:
         costed as its category; ms None where even that is unknown."""
         rows = []
         for kind, t in operator_cost_terms(graph).items():
-            w = self._kind_weights(kind)
-            rows.append({"kind": kind, "ms": None if w is None else float((t / _SCALE) @ w),
+            rows.append({"kind": kind, "ms": self._kind_ms(kind, t),
                          "operators": int(t[COST_TERMS.index("calls")]), "by_category": kind not in self.kinds})
         rows.sort(key=lambda r: -1.0 if r["ms"] is None else r["ms"], reverse=True)
         return rows + [{"kind": "fixed per run", "ms": float(self.weights[-1]), "operators": 0, "by_category": False}]
