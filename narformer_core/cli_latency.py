@@ -137,7 +137,9 @@ def cmd_build_dataset(args) -> int:
         if not args.source:
             raise UserError("--remeasure K needs --from FIRST.jsonl.gz (the data set to re-measure)")
         res = ds.remeasure(args.source, args.out, args.remeasure, measure=_measure_opts(args),
-                           progress=not args.quiet, db=args.db, start_at=args.start_at)
+                           progress=not args.quiet, db=args.db, start_at=args.start_at,
+                           stride=args.stride, reference=args.reference,
+                           reference_source=args.reference_from)
     else:
         if args.n is None and not args.extend:
             raise UserError("say how many networks: --n TOTAL or --extend NEW")
@@ -429,6 +431,13 @@ def register(sub, bench_parser) -> None:
                    help="with --remeasure: begin at network I of the K and wrap around (two passes with "
                    "starts K/2 apart time each network far apart in time; run them one after the other: "
                    "side by side they were noisier, see assets/latency/README.md)")
+    p.add_argument("--stride", type=int, default=1, metavar="S",
+                   help="with --remeasure: every S-th network of --from (a re-test sample spread over the pass)")
+    p.add_argument("--reference", default=None, metavar="SPEC_ID",
+                   help="with --remeasure: time this network of --from before and after each one (the host's "
+                   "speed at that moment; `latency combine` then adds the drift-corrected column refnorm_ms)")
+    p.add_argument("--reference-from", default=None, metavar="DATASET",
+                   help="look --reference up in this data set instead of --from")
     p.add_argument("--no-cpu-time", action="store_true",
                    help="skip the second timing by the inference thread's CPU clock (faster passes)")
     p.add_argument("--allow-mixed-platform", action="store_true",

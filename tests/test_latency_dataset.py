@@ -165,6 +165,65 @@ def test_combine_passes_pools_every_run(built, tmp_path):
         ds.combine_passes(path, [], tmp_path / "d.jsonl.gz")
 
 
+def test_stride_and_reference_timings(built, tmp_path):
+    path, _, _, _ = built
+    first = ds.load_records(path)
+    out = tmp_path / "strided.jsonl.gz"
+    ref = first[1]["spec_id"]
+    with pytest.warns(UserWarning, match="only 2 networks taking every 2-th"):
+        ds.remeasure(path, out, 5, measure=QUICK, progress=False, stride=2, reference=ref,
+                     reference_seconds=0.01)
+    recs = ds.load_records(out, require_graph=False)
+    # every second network, the first k of those: networks 0 and 2 of three
+    assert [r["spec_id"] for r in recs] == [first[0]["spec_id"], first[2]["spec_id"]]
+    for r in recs:
+        assert r["reference_spec_id"] == ref and r["ref_before_ms"] > 0 and r["ref_after_ms"] > 0
+    with pytest.raises(ds.DatasetError, match="not a spec_id"):
+        ds.remeasure(path, tmp_path / "x.jsonl.gz", 1, measure=QUICK, progress=False, reference="nope")
+    with pytest.raises(ValueError, match="stride"):
+        ds.remeasure(path, tmp_path / "y.jsonl.gz", 1, measure=QUICK, progress=False, stride=0)
+
+
+def _write_pass(path, records):
+    with gzip.open(path, "wt") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def test_combine_passes_corrects_for_the_reference_speed(built, tmp_path):
+    """A pass timed while the host ran 1.5x slower (its reference too) gets the same label."""
+    path, _, _, _ = built
+    a = tmp_path / "a.jsonl.gz"
+    ds.remeasure(path, a, 3, measure=QUICK, progress=False, reference=ds.load_records(path)[0]["spec_id"],
+                 reference_seconds=0.01)
+    base = ds.load_records(a, require_graph=False)
+    for r in base:   # a steady host: the reference at 2 ms before and after every network
+        r["ref_before_ms"] = r["ref_after_ms"] = 2.0
+    slow = []
+    for r in base:
+        s = dict(r, min_ms=r["min_ms"] * 1.5, ref_before_ms=3.0 * 0.9, ref_after_ms=3.0 / 0.9)
+        slow.append(s)
+    _write_pass(a, base)
+    b = tmp_path / "b.jsonl.gz"
+    _write_pass(b, slow)
+    ds.combine_passes(path, [a, b], tmp_path / "c.jsonl.gz")
+    by_id = {r["spec_id"]: r for r in base}
+    for r in ds.load_records(tmp_path / "c.jsonl.gz"):
+        m = by_id[r["spec_id"]]["min_ms"]
+        # reference level: the median of 2 ms (three records) and 3 ms (three records) = 2.5 ms
+        assert r["reference_level_ms"] == pytest.approx(2.5)
+        assert r["pass_refnorm_ms"] == pytest.approx([m * 2.5 / 2.0, m * 1.5 * 2.5 / 3.0])
+        assert r["refnorm_ms"] == pytest.approx(m * 1.25)   # both passes agree once corrected
+        assert r["min_ms"] == pytest.approx(m)              # the raw label is kept as it was
+    _, _, y = ds.load_dataset(tmp_path / "c.jsonl.gz", column="refnorm_ms")   # a label like any other
+    assert y == pytest.approx([by_id[sid]["min_ms"] * 1.25 for sid in by_id])
+    # A pass without reference timings: no corrected column at all (labels on one footing).
+    plain = tmp_path / "plain.jsonl.gz"
+    _write_pass(plain, [{k: v for k, v in r.items() if not k.startswith("ref")} for r in base])
+    ds.combine_passes(path, [a, plain], tmp_path / "d.jsonl.gz")
+    assert all("refnorm_ms" not in r for r in ds.load_records(tmp_path / "d.jsonl.gz"))
+
+
 def test_not_a_dataset(tmp_path):
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(b"this is not gzip at all")

@@ -101,7 +101,8 @@ def record_graph(record: Mapping) -> ArchGraph:
     return ArchGraph.from_dict(record["graph"])
 
 
-LATENCY_COLUMNS = ("median_ms", "min_ms", "p10_ms", "p25_ms", "mean_ms", "cpu_median_ms", "cpu_min_ms")
+LATENCY_COLUMNS = ("median_ms", "min_ms", "p10_ms", "p25_ms", "mean_ms", "cpu_median_ms", "cpu_min_ms",
+                   "refnorm_ms")   # refnorm_ms: min_ms corrected for the host's drift (combine_passes)
 
 
 def load_dataset(path: str | os.PathLike, families: Sequence[str] | None = None,
@@ -365,8 +366,41 @@ def build_dataset(out: str | os.PathLike, n: int | None = None, *, extend: int =
 
 
 # ------------------------------------------------------------------ test-retest
+class ReferenceTimer:
+    """One fixed network timed again and again between the measured ones: the host's speed now.
+
+    Why: on a shared VM the speed of the host moves between minutes (other tenants), and that
+    drift, common to every network timed at the same moment, is most of the disagreement between
+    two timing passes. Timing one reference network just before and just after each network lets
+    a label be expressed at the pass's typical speed (:func:`combine_passes`, ``refnorm_ms``).
+    The reference's session stays open: it measures the machine, not a session's set-up.
+    """
+
+    def __init__(self, data: bytes, *, threads: int = 1, seconds: float = 0.25, warmup: int = 5):
+        from .measure import _open_session, _random_feeds
+
+        self.seconds = float(seconds)
+        self._session = _open_session(data, int(threads))
+        self._feeds, _ = _random_feeds(self._session, 1, np.random.default_rng(0))
+        for _ in range(int(warmup)):
+            self._session.run(None, self._feeds)
+
+    def min_ms(self) -> float:
+        """The fastest of the runs in ``seconds`` (at least 5 runs)."""
+        run, feeds = self._session.run, self._feeds
+        best, n, started = float("inf"), 0, time.perf_counter()
+        while n < 5 or time.perf_counter() - started < self.seconds:
+            t0 = time.perf_counter()
+            run(None, feeds)
+            best = min(best, time.perf_counter() - t0)
+            n += 1
+        return best * 1e3
+
+
 def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
-              measure: Mapping | None = None, progress: bool = True, db=None, start_at: int = 0) -> dict:
+              measure: Mapping | None = None, progress: bool = True, db=None, start_at: int = 0,
+              stride: int = 1, reference: str | None = None, reference_seconds: float = 0.25,
+              reference_source: str | os.PathLike | None = None) -> dict:
     """Time the first ``k`` networks of ``source`` again (a later run) into ``out``.
 
     The networks are rebuilt from their specs (the export is deterministic) and their graph hash
@@ -378,6 +412,13 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
     :func:`combine_passes` needs. Session 4 ran two such passes side by side (one per core); on
     the same 40 networks that gave labels 3.6x noisier than one measurer at a time with 1 s
     sessions (assets/latency/README.md), so prefer one pass after another.
+
+    ``stride``: take every ``stride``-th network of ``source`` (then the first ``k`` of those), so
+    a re-test sample is spread over a whole pass instead of its first minutes.
+    ``reference``: the spec_id of a network of ``source`` to time before and after each network
+    (:class:`ReferenceTimer`); each record then carries ``ref_before_ms``/``ref_after_ms``.
+    ``reference_source``: look the reference up in that data set instead (e.g. a zoo network as
+    the reference of an outside-zoo pass, so both are corrected to the same speed).
     """
     from . import outside_zoo, zoo
 
@@ -386,10 +427,23 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
 
     source, out = Path(source), Path(out)
     first = load_records(source)
-    if k > len(first):
-        warnings.warn(f"{source} has only {len(first)} networks; re-measuring all of them")
     done = {r["spec_id"] for r in _open_for_append(out)}
-    chosen = first[:k]
+    if int(stride) < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
+    chosen = first[::int(stride)][:k]
+    if k > len(chosen):
+        every = "" if int(stride) == 1 else f" taking every {int(stride)}-th network"
+        warnings.warn(f"{source} has only {len(chosen)} networks{every}; re-measuring all of them")
+    ref_timer = None
+    if reference is not None:
+        pool = first if reference_source is None else load_records(reference_source, require_graph=False)
+        ref_rec = next((r for r in pool if r["spec_id"] == reference), None)
+        if ref_rec is None:
+            raise DatasetError(f"the reference {reference!r} is not a spec_id of "
+                               f"{reference_source or source}")
+        opts = {**DEFAULT_MEASURE, **(measure or {})}
+        ref_timer = ReferenceTimer(builder(ref_rec["spec"]).export_onnx(ref_rec["spec"]),
+                                   threads=int(opts["threads"]), seconds=reference_seconds)
     if chosen:
         s0 = int(start_at) % len(chosen)
         chosen = chosen[s0:] + chosen[:s0]
@@ -405,7 +459,11 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
     t0, added, mismatched = time.perf_counter(), 0, 0
     try:
         for r0 in todo:
+            before = ref_timer.min_ms() if ref_timer else None
             record, graph = measure_spec(r0["spec"], measure, networks=builder(r0["spec"]))
+            if ref_timer:
+                record.update({"reference_spec_id": reference, "ref_before_ms": round(before, 4),
+                               "ref_after_ms": round(ref_timer.min_ms(), 4)})
             if record["spec_id"] != r0["spec_id"]:
                 raise DatasetError(f"spec {r0['spec_id']} re-hashes to {record['spec_id']}: "
                                    "the zoo's spec format changed since the first measurement")
@@ -451,6 +509,11 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
 
     ``source`` gives the structure (spec, graph, static features); ``passes`` are files written
     by :func:`remeasure`. Only networks timed in every pass are written, in the source's order.
+
+    When every pass timed the same reference network around each network (``remeasure(...,
+    reference=...)``), records also get ``refnorm_ms``: each pass's ``min_ms`` scaled by the
+    reference's median speed over all passes divided by its speed at that moment, averaged over
+    the passes in log space (``pass_refnorm_ms`` keeps each pass's figure).
     """
     src = load_records(source)
     pass_maps = []
@@ -462,6 +525,12 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     keys = {m[sid]["platform_key"] for m in pass_maps for sid in m}
     if len(keys) > 1:
         raise DatasetError(f"the passes were measured on different platforms: {sorted(keys)}")
+    # Drift correction (ReferenceTimer): only when every pass timed the same reference around
+    # each network, so that all labels of the file are on one footing.
+    refs = {r.get("reference_spec_id") for m in pass_maps for r in m.values()}
+    level = None
+    if len(refs) == 1 and None not in refs:
+        level = float(np.median([_ref_speed(r) for m in pass_maps for r in m.values()]))
     out = Path(out)
     written, missing, mismatched = [], 0, 0
     for r0 in src:
@@ -492,6 +561,12 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
             "measure_options": runs[0].get("measure_options"),
             "combined_from": [Path(p).name for p in passes],
         })
+        if level is not None:
+            # The fastest run at the reference's typical speed over all passes. The correction
+            # removes the slow drift, so what is left is two-sided: passes are averaged (in log).
+            each = [float(r["min_ms"]) * level / _ref_speed(r) for r in runs]
+            rec.update({"refnorm_ms": float(np.exp(np.mean(np.log(each)))), "pass_refnorm_ms": each,
+                        "reference_spec_id": runs[0]["reference_spec_id"], "reference_level_ms": level})
         written.append(rec)
     if not written:
         raise DatasetError(f"no network of {source} was timed in all {len(passes)} passes")
@@ -500,6 +575,11 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     return {"path": str(out), "records": len(written), "passes": len(passes),
             "skipped_not_in_every_pass": missing, "skipped_graph_mismatch": mismatched,
             "median_spread_between_pass_minima_pct": round(float(np.median(spread)) * 100, 2)}
+
+
+def _ref_speed(record: Mapping) -> float:
+    """The reference network's time around this record's timing (geometric mean of before/after)."""
+    return float(np.sqrt(float(record["ref_before_ms"]) * float(record["ref_after_ms"])))
 
 
 def test_retest(first: str | os.PathLike, second: str | os.PathLike, column: str = "median_ms") -> dict:
