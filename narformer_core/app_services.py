@@ -517,8 +517,8 @@ def zoo_describe(spec: dict) -> str:
     return zoo.describe(spec) if zoo else json.dumps(spec)
 
 
-LATENCY_TRAIN_HINT = ("python -m narformer_core latency train --dataset assets/latency/zoo2000_cpu_best3.jsonl.gz "
-                      "--column min_ms --out assets/latency/narformer_latency.pt")
+LATENCY_TRAIN_HINT = ("python -m narformer_core latency train --dataset assets/latency/zoo2000_s13.jsonl.gz "
+                      "--column refnorm_ms --out assets/latency/narformer_latency.pt")
 
 
 def latency_dir() -> Path:
