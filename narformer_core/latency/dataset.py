@@ -370,8 +370,8 @@ class ReferenceTimer:
     """One fixed network timed again and again between the measured ones: the host's speed now.
 
     Why: on a shared VM the speed of the host moves between minutes (other tenants), and that
-    drift, common to every network timed at the same moment, is most of the disagreement between
-    two timing passes. Timing one reference network just before and just after each network lets
+    drift, common to every network timed at the same moment, is part of the disagreement between
+    two timing passes (session 13: correcting for it took the floor from 5.42% to 4.79%). Timing one reference network just before and just after each network lets
     a label be expressed at the pass's typical speed (:func:`combine_passes`, ``refnorm_ms``).
     The reference's session stays open: it measures the machine, not a session's set-up.
     """
@@ -418,7 +418,7 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
     ``reference``: the spec_id of a network of ``source`` to time before and after each network
     (:class:`ReferenceTimer`); each record then carries ``ref_before_ms``/``ref_after_ms``.
     ``reference_source``: look the reference up in that data set instead (e.g. a zoo network as
-    the reference of an outside-zoo pass, so both are corrected to the same speed).
+    the reference of an outside-zoo pass, so that both sets are timed against the same network).
     """
     from . import outside_zoo, zoo
 
