@@ -184,12 +184,6 @@ def test_stride_and_reference_timings(built, tmp_path):
         ds.remeasure(path, tmp_path / "y.jsonl.gz", 1, measure=QUICK, progress=False, stride=0)
 
 
-def _write_pass(path, records):
-    with gzip.open(path, "wt") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-
-
 def test_combine_passes_corrects_for_the_reference_speed(built, tmp_path):
     """A pass timed while the host ran 1.5x slower (its reference too) gets the same label."""
     path, _, _, _ = built
@@ -199,13 +193,10 @@ def test_combine_passes_corrects_for_the_reference_speed(built, tmp_path):
     base = ds.load_records(a, require_graph=False)
     for r in base:   # a steady host: the reference at 2 ms before and after every network
         r["ref_before_ms"] = r["ref_after_ms"] = 2.0
-    slow = []
-    for r in base:
-        s = dict(r, min_ms=r["min_ms"] * 1.5, ref_before_ms=3.0 * 0.9, ref_after_ms=3.0 / 0.9)
-        slow.append(s)
-    _write_pass(a, base)
+    slow = [dict(r, min_ms=r["min_ms"] * 1.5, ref_before_ms=3.0 * 0.9, ref_after_ms=3.0 / 0.9) for r in base]
+    ds._rewrite(a, base)
     b = tmp_path / "b.jsonl.gz"
-    _write_pass(b, slow)
+    ds._rewrite(b, slow)
     ds.combine_passes(path, [a, b], tmp_path / "c.jsonl.gz")
     by_id = {r["spec_id"]: r for r in base}
     for r in ds.load_records(tmp_path / "c.jsonl.gz"):
@@ -219,7 +210,7 @@ def test_combine_passes_corrects_for_the_reference_speed(built, tmp_path):
     assert y == pytest.approx([by_id[sid]["min_ms"] * 1.25 for sid in by_id])
     # A pass without reference timings: no corrected column at all (labels on one footing).
     plain = tmp_path / "plain.jsonl.gz"
-    _write_pass(plain, [{k: v for k, v in r.items() if not k.startswith("ref")} for r in base])
+    ds._rewrite(plain, [{k: v for k, v in r.items() if not k.startswith("ref")} for r in base])
     ds.combine_passes(path, [a, plain], tmp_path / "d.jsonl.gz")
     assert all("refnorm_ms" not in r for r in ds.load_records(tmp_path / "d.jsonl.gz"))
 
