@@ -551,6 +551,13 @@ def predict_latency(predictor, graphs: Sequence[ArchGraph]) -> np.ndarray:
     return np.asarray(predictor.predict(list(graphs)), dtype=np.float64)
 
 
+def unseen_latency_ops(predictor, graph: ArchGraph) -> list[str]:
+    """Operator types of ``graph`` that none of ``predictor``'s training networks had (NAR-Former
+    checkpoints from session 14 on record them; others give an empty list)."""
+    unseen = getattr(predictor, "unseen_ops", None)
+    return list(unseen(graph)) if callable(unseen) else []
+
+
 def cost_breakdown(predictor, graph: ArchGraph) -> list[dict] | None:
     """The operator-cost sum's estimate per operator kind of ``graph``, when ``predictor`` has one
     (the "opcost" kind, or NAR-Former with ``offset="opcost"``, whose residual multiplies it)."""

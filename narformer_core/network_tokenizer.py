@@ -119,6 +119,11 @@ def get_op_id(op: str, domain: str = "") -> int:
     return OP_IDS.get(op, UNKNOWN_ID)
 
 
+def unknown_op_code(scheme: str = "nerf") -> np.ndarray:
+    """(SLOT_DIM,) float32: the op-type slot's code of "unknown" (the first SLOT_DIM token values)."""
+    return encode_scalar(float(UNKNOWN_ID), SLOT_L, scheme).reshape(-1).astype(np.float32)
+
+
 def slot_labels() -> list[str]:
     """The slot each of the 480 token values belongs to (for heatmaps)."""
     return [name for name in SLOTS for _ in range(SLOT_DIM)]

@@ -141,6 +141,11 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
         return
     plat = predictor.meta.get("platform_key")
     column = str(predictor.meta.get("column", "median_ms"))
+    unseen = svc.unseen_latency_ops(predictor, graph)
+    if unseen:
+        st.warning(f"{predictor.name} never saw these operator types in training: {', '.join(unseen)}. "
+                   "Its estimate for them rests on their shapes, attributes and costs alone; expect a "
+                   "larger error than on the zoo families.")
     c1, c2 = st.columns(2)
     c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from "
               f"{plat or 'an unrecorded platform'}, statistic `{column}`")

@@ -95,6 +95,11 @@ def test_train_then_predict_latency(capsys, tiny_dataset, tiny_onnx, tmp_path):
     d = json.loads(out)
     assert d["latency_ms"] > 0 and d["predictor"] == "NAR-Former" and d["same_platform_as_here"]
     assert set(d["static"]) == {"batch_size", "flops", "params", "memory_access"}
+    # operator types of the model that no network of the training set had
+    from narformer_core.latency.dataset import load_records
+    from narformer_core.onnx_import import load_onnx
+    trained = {n["op"] for r in load_records(tiny_dataset) for n in r["graph"]["nodes"]}
+    assert d["unseen_ops"] == sorted({n.op for n in load_onnx(tiny_onnx).nodes} - trained - {"input"})
 
 
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no shipped latency checkpoint")

@@ -337,3 +337,69 @@ def test_graph_ffn_predictor_gets_the_edges_and_round_trips(measured, tmp_path):
     q = load_predictor(p.save(tmp_path / "gffn.pt"))
     assert q.model_config().graph_ffn and not q.model_config().graph_bias
     np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+
+
+def test_op_dropout_recodes_whole_types_but_never_the_input_or_end_token():
+    from narformer_core.latency.train_latency import OpDropout
+    from narformer_core.network_tokenizer import INPUT_ID, OP_IDS, unknown_op_code
+
+    code = unknown_op_code()
+    conv, relu = OP_IDS["Conv"], OP_IDS["Relu"]
+    ids = np.array([INPUT_ID, conv, relu, conv, relu, -1])
+    tokens = np.random.default_rng(0).normal(size=(len(ids), 480)).astype(np.float32)
+    always = OpDropout(0.999999, code, np.random.default_rng(0), keep=(INPUT_ID,))
+    t = tokens.copy()
+    always.apply(t, ids)
+    hit = np.isin(ids, [conv, relu])
+    assert np.all(t[hit, :32] == code) and np.array_equal(t[hit, 32:], tokens[hit, 32:])
+    assert np.array_equal(t[~hit], tokens[~hit])          # the input and the end token keep theirs
+    # at p = 0.5 a type is recoded in all of its nodes or in none
+    half = OpDropout(0.5, code, np.random.default_rng(1), keep=(INPUT_ID,))
+    seen = set()
+    for _ in range(40):
+        t = tokens.copy()
+        half.apply(t, ids)
+        recoded = np.all(t[:, :32] == code, axis=1)
+        assert recoded[1] == recoded[3] and recoded[2] == recoded[4] and not recoded[0] and not recoded[5]
+        seen.add((bool(recoded[1]), bool(recoded[2])))
+    assert len(seen) == 4
+    with pytest.raises(ValueError, match="probability"):
+        from narformer_core.latency.train_latency import LatencyTrainConfig
+        LatencyTrainConfig(op_dropout=1.0)
+
+
+def test_unknown_operator_training_maps_unseen_types_and_round_trips(measured, tmp_path):
+    """A model trained with op_dropout shows operator types its training networks never had under
+    the "unknown" code; one trained without it leaves their own codes (it never learned the other)."""
+    graphs, y = measured
+    opts = dict(model=TINY_NAR["model"], train={**TINY_NAR["train"], "epochs": 4, "op_dropout": 0.2})
+    p = NARFormerLatency(**opts).fit(graphs, y, seed=0)
+    assert "Conv" in p.known_ops and "Relu" in p.known_ops and "input" not in p.known_ops
+    assert p.maps_unseen_ops and p.unseen_ops(graphs[0]) == []
+    # Pretend the training set lacked Relu: its nodes now reach the model as "unknown".
+    p.known_ops = [op for op in p.known_ops if op != "Relu"]
+    assert p.unseen_ops(graphs[3]) == ["Relu"]
+    tk = p._tokens(graphs[3:4])
+    ids = tk.op_ids[0]
+    from narformer_core.network_tokenizer import OP_IDS, unknown_op_code
+    row = tk.flat[: tk.lengths[0]]
+    relu = ids == OP_IDS["Relu"]
+    assert relu.any()
+    np.testing.assert_allclose(row[relu, :32], np.tile(unknown_op_code(), (relu.sum(), 1)), atol=1e-3)
+    assert not np.allclose(row[~relu & (ids >= 0), :32], unknown_op_code(), atol=1e-3)
+    q = load_predictor(p.save(tmp_path / "unk.pt"))
+    assert q.known_ops == p.known_ops and q.maps_unseen_ops
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+    # Without op_dropout the known types are recorded (for the warning) but nothing is recoded.
+    plain = NARFormerLatency(model=TINY_NAR["model"], train={**TINY_NAR["train"], "epochs": 2}).fit(graphs, y, seed=0)
+    plain.known_ops = ["Conv"]
+    assert not plain.maps_unseen_ops
+    assert plain.unseen_ops(graphs[3]) == sorted({n.op for n in graphs[3].nodes} - {"input", "Conv"})
+    assert "Relu" in plain.unseen_ops(graphs[3])
+    tk = plain._tokens(graphs[3:4])
+    assert not np.allclose(tk.flat[: tk.lengths[0]][relu, :32], unknown_op_code(), atol=1e-3)
+    st = torch.load(tmp_path / "unk.pt", weights_only=True)
+    st["config"]["known_ops"] = "Conv"
+    torch.save(st, tmp_path / "bad.pt")
+    with pytest.raises(LatencyCheckpointError, match="known_ops"):
+        load_predictor(tmp_path / "bad.pt")

@@ -121,6 +121,16 @@ def _network_tokens(g: ArchGraph, scheme: str = "nerf"):
     return tk.depth, tk.nodes.astype(np.float16), tk.static
 
 
+def _op_id(op: str, domain: str = "") -> int:
+    from ..network_tokenizer import get_op_id
+    return get_op_id(op, domain)
+
+
+def _op_ids(g: ArchGraph) -> np.ndarray:
+    """Op-type id of each token of the network: its operators, then -1 for the end token."""
+    return np.array([_op_id(n.op, n.attrs.get("domain", "")) for n in g.nodes] + [-1], dtype=np.int64)
+
+
 def graph_edges(g: ArchGraph) -> np.ndarray:
     """(2, E) int64: (source, consumer) operator indices, one per distinct edge."""
     pairs = [(j, i) for i, node in enumerate(g.nodes) for j in sorted(set(node.inputs))]
@@ -360,6 +370,10 @@ class NARFormerLatency(LatencyPredictor):
         self.static_mu = self.static_sd = None
         self.node_mu = self.node_sd = None
         self.offset_model: FlopsRegression | OperatorCostModel | None = None
+        # Operator types of the training networks (names), set by fit; None in checkpoints from
+        # before session 14. With unknown-operator training (train option op_dropout > 0), types
+        # outside it reach the model under the "unknown" code, as in training.
+        self.known_ops: list[str] | None = None
         self.summary: dict = {}
 
     def model_config(self):
@@ -384,11 +398,42 @@ class NARFormerLatency(LatencyPredictor):
             raw = (static_log_features(graphs) - self.static_mu) / self.static_sd
             static = np.concatenate([static, raw.astype(np.float32)], axis=1)
         nodes = [p[1] for p in parts]
+        op_ids = [_cached("opids", g, _op_ids) for g in graphs]
+        code = None
+        if self.maps_unseen_ops:
+            from ..network_tokenizer import unknown_op_code
+            code = unknown_op_code(self.scheme)
+            known = np.array([_op_id(op) for op in self.known_ops], dtype=np.int64)
+            recoded = []
+            for t, ids in zip(nodes, op_ids):
+                unseen = (ids >= 0) & ~np.isin(ids, known)
+                if unseen.any():
+                    t = t.copy()
+                    t[unseen, : len(code)] = code
+                recoded.append(t)
+            nodes = recoded
         if self.node_raw:
             nodes = [np.concatenate([t, self._node_numbers(g)], axis=1) for t, g in zip(nodes, graphs)]
         # Token i is operator i (the end token comes last and has no edges).
         edges = [_cached("edges", g, graph_edges) for g in graphs] if self.model_config().uses_edges else None
-        return TokenSet(np.stack([p[0] for p in parts]), nodes, static, edges=edges)
+        if self.train_overrides.get("op_dropout", 0) and code is None:
+            from ..network_tokenizer import unknown_op_code
+            code = unknown_op_code(self.scheme)
+        return TokenSet(np.stack([p[0] for p in parts]), nodes, static, edges=edges, op_ids=op_ids,
+                        unknown_code=code)
+
+    @property
+    def maps_unseen_ops(self) -> bool:
+        """Whether operator types outside training are shown to the model as "unknown": only a
+        model trained with unknown-operator training (op_dropout) has learned that code."""
+        return self.known_ops is not None and float(self.train_overrides.get("op_dropout", 0) or 0) > 0
+
+    def unseen_ops(self, graph: ArchGraph) -> list[str]:
+        """Operator types of ``graph`` that no training network had (empty if unknown)."""
+        if self.known_ops is None:
+            return []
+        known = set(self.known_ops)
+        return sorted({n.op for n in graph.nodes if n.op != "input" and n.op not in known})
 
     def _node_numbers(self, g) -> np.ndarray:
         f = _cached("noderaw", g, node_raw_features)
@@ -406,6 +451,7 @@ class NARFormerLatency(LatencyPredictor):
         graphs = _check_graphs(graphs)
         y = _check_ms(latencies_ms, len(graphs))
         tg, ty, vg, vy = self._prepare_val(graphs, y, val, seed)
+        self.known_ops = sorted({n.op for g in tg for n in g.nodes if n.op != "input"})
         x = static_log_features(tg)
         self.static_mu, self.static_sd = x.mean(0), np.where(x.std(0) > 1e-9, x.std(0), 1.0)
         if self.node_raw:
@@ -463,7 +509,8 @@ class NARFormerLatency(LatencyPredictor):
                            "model_overrides": _plain(self.model_overrides),
                            "train": _plain(self.train_overrides), "static_raw": self.static_raw,
                            "static_codes": self.static_codes, "offset": self.offset,
-                           "scheme": self.scheme, "node_raw": self.node_raw, "members": self.members},
+                           "scheme": self.scheme, "node_raw": self.node_raw, "members": self.members,
+                           "known_ops": self.known_ops},
                 # One network: "state_dict". An ensemble: its first member there, the rest in
                 # "member_state_dicts" (so a file reads the same way either way).
                 "state_dict": self._member_nets()[0].state_dict(),
@@ -486,6 +533,10 @@ class NARFormerLatency(LatencyPredictor):
         self.static_codes = bool(c.get("static_codes", True))     # checkpoints before the option: codes
         self.scheme = c.get("scheme", "nerf")      # checkpoints before the option: nerf
         self.node_raw = bool(c.get("node_raw", False))
+        known = c.get("known_ops")                 # checkpoints before session 14: None
+        if known is not None and not (isinstance(known, list) and all(isinstance(k, str) for k in known)):
+            raise LatencyCheckpointError("the latency checkpoint's known_ops is not a list of operator names")
+        self.known_ops = known
         if self.scheme not in SCHEMES:
             raise LatencyCheckpointError(f"the latency checkpoint names an unknown token scheme {self.scheme!r}")
         # The config is bounded by the saved tensors before anything is built: a doctored config

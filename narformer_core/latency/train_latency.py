@@ -74,6 +74,14 @@ class LatencyTrainConfig:
     # padding small, but then a batch holds networks of one size, often of one family; 1 draws
     # every batch at random (sorted inside only), at the cost of more padding.
     length_chunk: int = 8
+    # Unknown-operator training: in each training batch every operator type of a network (but its
+    # input) is shown, with this probability, under the op-type code of "unknown" instead of its
+    # own, in all of that network's nodes of the type. Why: an ONNX file from outside the training
+    # families brings operator types the model never saw (a ConvNeXt's LayerNormalization and Erf,
+    # a ShuffleNet's Transpose); their own codes then reach the encoder as inputs it has no
+    # experience of. A model trained this way has learned what "some operator with these shapes,
+    # attributes and costs" means, and NARFormerLatency shows it unseen types under that code.
+    op_dropout: float = 0.0
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -83,6 +91,8 @@ class LatencyTrainConfig:
             raise ValueError(f"unknown latency loss {self.loss!r}; use mse or l1")
         if int(self.length_chunk) < 1:
             raise ValueError(f"length_chunk must be at least 1, got {self.length_chunk}")
+        if not 0.0 <= float(self.op_dropout) < 1.0:
+            raise ValueError(f"op_dropout is a probability below 1, got {self.op_dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,11 +148,15 @@ class TokenSet:
     a list of (T_i, W) arrays (kept as float16 in one flat buffer: sin/cos values need no more,
     and 2,000 networks of up to 300 tokens would otherwise take a gigabyte); ``static`` (N, S);
     ``edges``: None, or per item a (2, E) array of (source token, consumer token) pairs, from
-    which a batch builds the relation matrices of graph-aware attention (model.RELATIONS).
+    which a batch builds the relation matrices of graph-aware attention (model.RELATIONS);
+    ``op_ids``: None, or per item the op-type id of each token (-1 for the end token), and
+    ``unknown_code`` the op-type slot's code of "unknown" in the tokens' scheme: what
+    unknown-operator training (``LatencyTrainConfig.op_dropout``, :class:`OpDropout`) needs.
     """
 
     def __init__(self, depth: np.ndarray, nodes, static: np.ndarray | None = None,
-                 lengths: np.ndarray | None = None, edges: Sequence[np.ndarray] | None = None):
+                 lengths: np.ndarray | None = None, edges: Sequence[np.ndarray] | None = None,
+                 op_ids: Sequence[np.ndarray] | None = None, unknown_code: np.ndarray | None = None):
         self.depth = np.asarray(depth, dtype=np.float32)
         n = len(self.depth)
         if isinstance(nodes, np.ndarray) and nodes.ndim == 3:
@@ -163,11 +177,22 @@ class TokenSet:
         if edges is not None and len(edges) != n:
             raise ValueError(f"{len(edges)} edge lists for {n} token sequences")
         self.edges = None if edges is None else [np.asarray(e, dtype=np.int64).reshape(2, -1) for e in edges]
+        self.op_ids = None
+        if op_ids is not None:
+            if self.flat is None:
+                raise ValueError("op ids go with token sequences of different lengths (a list), not a padded array")
+            ids = [np.asarray(o, dtype=np.int64).ravel() for o in op_ids]
+            if len(ids) != n or any(len(o) != k for o, k in zip(ids, self.lengths)):
+                raise ValueError("op_ids needs one id per token of every sequence")
+            self.op_ids = ids
+        self.unknown_code = None if unknown_code is None else np.asarray(unknown_code, dtype=np.float32).ravel()
 
     def __len__(self) -> int:
         return len(self.depth)
 
-    def batch(self, idx: np.ndarray, device) -> tuple:
+    def batch(self, idx: np.ndarray, device, drop: "OpDropout | None" = None) -> tuple:
+        """(depth, nodes, mask, static, relations) of the items ``idx``; ``drop`` (training only)
+        shows some operator types of each network under the "unknown" code."""
         idx = np.asarray(idx)
         depth = torch.from_numpy(self.depth[idx]).to(device)
         static = None if self.static is None else torch.from_numpy(self.static[idx]).to(device)
@@ -180,6 +205,8 @@ class TokenSet:
             arr = np.zeros((len(idx), T, self.width), dtype=np.float32)
             for b, i in enumerate(idx):
                 arr[b, : lens[b]] = self.flat[self.offsets[i]: self.offsets[i + 1]]
+                if drop is not None:
+                    drop.apply(arr[b, : lens[b]], self.op_ids[i])
             nodes = torch.from_numpy(arr).to(device)
         mask = None
         if (lens < T).any():
@@ -198,6 +225,21 @@ class TokenSet:
             diag = np.arange(lens[b])
             rel[b, diag, diag] = 3
         return torch.from_numpy(rel).to(device)
+
+
+class OpDropout:
+    """Unknown-operator training for one fit: per network, each operator type but the input is
+    recoded as "unknown" with probability ``p`` (all its nodes together, as an unseen type would be)."""
+
+    def __init__(self, p: float, code: np.ndarray, rng: np.random.Generator, keep: Sequence[int] = ()):
+        self.p, self.code, self.rng = float(p), np.asarray(code, dtype=np.float32), rng
+        self.keep = np.asarray(sorted(set(keep) | {-1}), dtype=np.int64)   # -1: the end token
+
+    def apply(self, tokens: np.ndarray, ids: np.ndarray) -> None:
+        types = np.setdiff1d(np.unique(ids), self.keep)
+        hit = types[self.rng.random(len(types)) < self.p]
+        if len(hit):
+            tokens[np.isin(ids, hit), : len(self.code)] = self.code
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -294,6 +336,14 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    drop = None
+    if cfg.op_dropout > 0:
+        if train.op_ids is None or train.unknown_code is None:
+            raise ValueError("op_dropout needs the training tokens' op ids and unknown code (TokenSet)")
+        from ..network_tokenizer import INPUT_ID
+        # Its own stream: the batches drawn from ``rng`` stay those of a fit without it.
+        drop = OpDropout(cfg.op_dropout, train.unknown_code, np.random.default_rng(cfg.seed + 104729),
+                         keep=(INPUT_ID,))
     steps_per_epoch = len(length_batches(train.lengths, cfg.batch_size, np.random.default_rng(0)))
     total = steps_per_epoch * cfg.epochs
     best = {"mape": math.inf, "epoch": 0, "which": None, "state": None}
@@ -307,7 +357,7 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
         model.train()
         loss_sum = 0.0
         for bi in length_batches(train.lengths, cfg.batch_size, rng, chunk=int(cfg.length_chunk)):
-            d, n, m, s, r = train.batch(bi, device)
+            d, n, m, s, r = train.batch(bi, device, drop)
             with autocast(precision, device):
                 pred = model(d, n, m, s, r)
             y = y_tr[torch.from_numpy(bi).to(device)]
