@@ -91,8 +91,7 @@ def cmd_predict_latency(args) -> int:
            "same_platform_as_here": pred.meta.get("platform_key") == here,
            "static": static_features(graph), "n_nodes": len(graph),
            "unknown_ops": graph.meta.get("unknown_ops", []),
-           # Operator types none of the predictor's training networks had: its estimate for
-           # them rests on their shapes, attributes and costs alone (and is less sure).
+           # Operator types none of the predictor's training networks had: expect a larger error.
            "unseen_ops": unseen_latency_ops(pred, graph),
            "predict_seconds": round(time.perf_counter() - t0, 4)}
     _print(out, args.json)

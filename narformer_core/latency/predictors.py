@@ -33,6 +33,10 @@ issue 3, and the operator-cost sum NAR-Former's residual can start from.
   ``offset`` of the residual target may be the operator-cost sum of op_cost.py ("opcost": better
   in domain, much worse outside the zoo, so not shipped) instead of the FLOPs regression; ``static_codes=False`` leaves
   the static features' sin/cos codes out of the head; readouts "token+relusum" / "relusum".
+  Session 14: the train option ``op_dropout`` (unknown-operator training, train_latency.py)
+  shows each operator type of a training network as "unknown" with that probability; a fitted
+  predictor records its training operator types (``known_ops``), names a network's unseen ones
+  (``unseen_ops``), and, when trained that way, shows them to the model as "unknown".
 * ``FlopsRegression``: ridge regression of log latency on a degree-2 polynomial of the log
   static features (the classic "latency from FLOPs" proxy, with params and memory access).
 * ``NNLPGraphNet``: an NNLP-style graph network in plain torch: node features = op one-hot +
