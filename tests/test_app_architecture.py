@@ -244,3 +244,36 @@ def test_latency_without_a_trained_predictor_says_how_to_train(at, onnx_bytes):
     no_exception(at)
     assert "No trained latency predictor found" in texts(at)
     assert "latency train" in texts(at)
+
+
+def test_latency_prediction_names_operator_types_the_predictor_never_saw(at, onnx_bytes, monkeypatch, tmp_path):
+    """A NAR-Former checkpoint records its training operator types; an upload with another one
+    gets a warning that names it."""
+    import torch
+    import torch.nn as nn
+
+    from narformer_core.latency.predictors import NARFormerLatency
+    from narformer_core.onnx_import import from_torch, load_onnx
+
+    graphs = []
+    for width in (4, 8, 16, 32):
+        net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(width, 10)).eval()
+        graphs.append(from_torch(net, torch.zeros(1, 3, 16, 16)))
+    p = NARFormerLatency(model={"d_model": 16, "n_heads": 2, "ffn_dim": 32, "depths": (1, 1, 1, 1),
+                                "head_hidden": 16}, train={"epochs": 1, "batch_size": 4})
+    p.fit(graphs, [0.1, 0.2, 0.4, 0.8], val=(graphs[:2], [0.1, 0.2]))
+    uploaded = {n.op for n in load_onnx(onnx_bytes).nodes} - {"input"}
+    missing = sorted(uploaded)[0]
+    p.known_ops = sorted(uploaded - {missing})       # as if no training network had that type
+    lat_dir = tmp_path / "lat"
+    p.save(lat_dir / "nar.pt")
+    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
+    open_tab(at, "Upload ONNX")
+    at.file_uploader(key="arch_upload").set_value(("tiny.onnx", onnx_bytes, "application/octet-stream"))
+    at.run()
+    pick_dag(at, "arch_onnx_view")
+    no_exception(at)
+    warning = [w.value for w in at.warning if "never saw these operator types" in w.value]
+    assert len(warning) == 1 and missing in warning[0]
+    assert any(m.label == "Predicted latency" for m in at.metric)
