@@ -210,6 +210,10 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
         nnlp.setdefault("epochs", args.epochs)
     if getattr(args, "target", None):
         nar_train["target"] = args.target
+    if getattr(args, "op_dropout", None) is not None:
+        if not 0 <= args.op_dropout < 1:
+            raise UserError(f"--op-dropout is a probability below 1, got {args.op_dropout}")
+        nar_train["op_dropout"] = args.op_dropout
     static_raw = not getattr(args, "no_static_raw", False)
     scheme = getattr(args, "token_scheme", None) or "nerf"
     node_raw = bool(getattr(args, "node_raw", False))
@@ -394,6 +398,10 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
                    "or from a sum of per-operator costs (latency/op_cost.py)")
     _add_once(p, "--members", type=int, default=None,
               help="NAR-Former latency: train this many networks (other initial seeds) and average them")
+    _add_once(p, "--op-dropout", type=float, default=None,
+              help="NAR-Former latency: unknown-operator training; each operator type of a training "
+                   "network is shown as 'unknown' with this probability, and types no training network "
+                   "had are shown so at prediction (e.g. 0.1)")
     _add_once(p, "--narformer-json", default=None, help="NAR-Former latency training overrides (JSON)")
     _add_once(p, "--nnlp-json", default=None, help="NNLP GNN options (JSON), e.g. '{\"width\": 256}'")
 

@@ -87,9 +87,15 @@ def test_train_then_predict_latency(capsys, tiny_dataset, tiny_onnx, tmp_path):
     ckpt = tmp_path / "nar.pt"
     code, out, err = run(capsys, "latency", "train", "--dataset", tiny_dataset, "--out", ckpt, "--epochs", 4,
                          "--model-json", '{"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": [1, 1, 1, 1]}',
-                         "--quiet", "--json")
+                         "--op-dropout", 0.1, "--quiet", "--json")
     assert code == 0, err
     assert json.loads(out)["n_train"] + json.loads(out)["n_val"] == 24
+    from narformer_core.latency.predictors import load_predictor
+    trained = load_predictor(ckpt)
+    assert trained.train_overrides["op_dropout"] == 0.1 and trained.maps_unseen_ops
+    code, _, err = run(capsys, "latency", "train", "--dataset", tiny_dataset, "--out", tmp_path / "x.pt",
+                       "--op-dropout", 1.5, "--quiet")
+    assert code == 2 and "--op-dropout is a probability" in err
     code, out, err = run(capsys, "predict-latency", tiny_onnx, "--checkpoint", ckpt, "--json")
     assert code == 0, err
     d = json.loads(out)
