@@ -82,13 +82,16 @@ def cmd_predict_latency(args) -> int:
     pred = load_predictor(ckpt)
     t0 = time.perf_counter()
     ms = float(pred.predict([graph])[0])
-    from .latency.measure import platform_info, platform_key
+    from .latency.measure import platform_info, platform_key, platform_keys_compatible, without_generation
 
     here = platform_key(platform_info(1, 1))
+    trained_on = str(pred.meta.get("platform_key"))
     out = {"model": str(args.model), "latency_ms": round(ms, 4), "predictor": pred.name,
            "predicts": pred.meta.get("column", "median_ms"),
            "checkpoint": str(ckpt), "platform_key": pred.meta.get("platform_key"),
-           "same_platform_as_here": pred.meta.get("platform_key") == here,
+           "same_platform_as_here": platform_keys_compatible(trained_on, here),
+           # A key recorded before CPU generations were cannot tell two generations apart.
+           "platform_generation_unrecorded": trained_on == without_generation(trained_on),
            "static": static_features(graph), "n_nodes": len(graph),
            "unknown_ops": graph.meta.get("unknown_ops", []),
            # Operator types none of the predictor's training networks had: expect a larger error.

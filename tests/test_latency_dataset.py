@@ -232,3 +232,28 @@ def test_pending_specs_round_robin_and_skip_present():
     present = {zoo.spec_id(todo[0]), zoo.spec_id(todo[2])}
     more = ds._pending_specs(2, seed=3, families=("squeezenet", "vgg16"), present=present)
     assert [zoo.spec_id(s) for s in more] == [zoo.spec_id(todo[1]), zoo.spec_id(todo[3])]
+
+
+def test_a_key_without_cpu_generation_joins_its_generation_but_not_another(built, tmp_path):
+    """Records from before CPU generations were in the key (session 14) may be extended and
+    loaded beside new ones of a matching machine; two generations stay apart."""
+    from narformer_core.latency.measure import platform_info, platform_key, without_generation
+
+    path, _, _, _ = built
+    here = platform_key(platform_info(1, 1))
+    legacy = tmp_path / "legacy.jsonl.gz"
+    recs = ds.load_records(path)
+    with gzip.open(legacy, "wt") as f:
+        for r in recs[:2]:
+            f.write(json.dumps({**r, "platform_key": without_generation(here)}) + "\n")
+    ds.build_dataset(legacy, specs=SPECS, measure=QUICK, progress=False)     # extends, not refused
+    keys = {r["platform_key"] for r in ds.load_records(legacy)}
+    assert here in keys and len(ds.load_dataset(legacy)[0]) == len(ds.load_records(legacy))
+    if here != without_generation(here):                                     # x86 / ARM Linux
+        assert keys == {here, without_generation(here)}
+        other = tmp_path / "other_generation.jsonl.gz"
+        with gzip.open(other, "wt") as f:
+            f.write(json.dumps({**recs[0], "platform_key": here.replace("-ort", "x9-ort", 1)}) + "\n")
+            f.write(json.dumps(recs[1]) + "\n")
+        with pytest.raises(ds.DatasetError, match="several platforms"):
+            ds.load_dataset(other)

@@ -100,7 +100,27 @@ def test_platform_info_and_key():
     assert platform_key({**info, "hostname": "another-box"}) == key  # same hardware, same key
     assert platform_key({**info, "threads": 2}) != key
     intel = {**info, "cpu": "Intel(R) Xeon(R) Gold 6226 CPU @ 2.70GHz", "onnxruntime": "1.18.1",
-             "threads": 4, "batch_size": 8}
-    assert platform_key(intel) == "cpu-Intel_Xeon_Gold_6226-ort1.18-t4-b8"
+             "threads": 4, "batch_size": 8, "cpu_generation": "f6m85"}
+    assert platform_key(intel) == "cpu-Intel_Xeon_Gold_6226-f6m85-ort1.18-t4-b8"
     with pytest.raises(ValueError, match="platform description"):
         platform_key({"cpu": "x"})
+
+
+def test_cpu_generation_is_in_the_key_and_old_keys_stay_compatible():
+    from narformer_core.latency.measure import cpu_generation, platform_keys_compatible, without_generation
+
+    info = platform_info(threads=1, batch_size=1)
+    assert info["cpu_generation"] == cpu_generation()
+    zen5 = {**info, "cpu": "AMD EPYC", "onnxruntime": "1.32.0", "cpu_generation": "f26m2"}
+    zen2 = {**zen5, "cpu_generation": "f23m49"}
+    legacy = {k: v for k, v in zen5.items() if k != "cpu_generation"}   # recorded before session 14
+    assert platform_key(zen5) == "cpu-AMD_EPYC-f26m2-ort1.32-t1-b1"
+    assert platform_key(zen2) != platform_key(zen5)                    # same name, other hardware
+    assert platform_key(legacy) == "cpu-AMD_EPYC-ort1.32-t1-b1" == without_generation(platform_key(zen5))
+    assert platform_keys_compatible(platform_key(legacy), platform_key(zen5))
+    assert platform_keys_compatible(platform_key(zen5), platform_key(zen5))
+    assert not platform_keys_compatible(platform_key(zen2), platform_key(zen5))
+    assert not platform_keys_compatible(platform_key(zen5), platform_key(legacy))
+    assert not platform_keys_compatible(platform_key({**legacy, "threads": 2}), platform_key(zen5))
+    arm = {**info, "cpu": "Raspberry Pi 4", "cpu_generation": "i0x41p0xd08"}
+    assert without_generation(platform_key(arm)) == platform_key({**arm, "cpu_generation": ""})

@@ -117,13 +117,15 @@ def load_dataset(path: str | os.PathLike, families: Sequence[str] | None = None,
     """
     if column not in LATENCY_COLUMNS:
         raise DatasetError(f"unknown latency column {column!r}; use one of {', '.join(LATENCY_COLUMNS)}")
+    from .measure import common_platform
+
     records = load_records(path)
     if families is not None:
         records = [r for r in records if r.get("family") in set(families)]
     keys = sorted({r.get("platform_key", "?") for r in records})
     if platform_key is not None:
         records = [r for r in records if r.get("platform_key") == platform_key]
-    elif len(keys) > 1:
+    elif len(keys) > 1 and common_platform(keys) is None:     # an older key without the CPU generation may join
         raise DatasetError(f"{path} mixes measurements from several platforms ({', '.join(keys)}); "
                            "pass platform_key to pick one")
     lacking = [r["spec_id"] for r in records if column not in r]
@@ -266,8 +268,12 @@ def _this_platform_key(measure: Mapping | None) -> str:
 
 def _check_platform(existing: Sequence[Mapping], measure: Mapping | None, path: Path,
                     allow_mixed: bool) -> None:
+    from .measure import platform_keys_compatible
+
     here = _this_platform_key(measure)
-    other = sorted({r.get("platform_key") for r in existing} - {here})
+    # Records from before CPU generations were recorded may be extended on a matching machine.
+    other = sorted({str(r.get("platform_key")) for r in existing
+                    if not platform_keys_compatible(str(r.get("platform_key")), here)})
     if other and not allow_mixed:
         raise DatasetError(
             f"{path} holds measurements from {', '.join(map(str, other))}, and this machine is {here}: "
@@ -523,7 +529,10 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     if not pass_maps:
         raise DatasetError("combine_passes needs at least one pass")
     keys = {m[sid]["platform_key"] for m in pass_maps for sid in m}
-    if len(keys) > 1:
+    from .measure import common_platform
+    # A pass recorded before CPU generations were may join passes of one generation; two
+    # generations never mix.
+    if common_platform(keys) is None:
         raise DatasetError(f"the passes were measured on different platforms: {sorted(keys)}")
     # Drift correction (ReferenceTimer): only when every pass timed the same reference around
     # each network, so that all labels of the file are on one footing.

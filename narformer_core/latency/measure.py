@@ -85,6 +85,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+@lru_cache(maxsize=1)
+def cpu_generation() -> str:
+    """The CPU's microarchitecture as the kernel numbers it: 'f26m2' for x86 family 26 model 2
+    (AMD Zen 5), 'i0x41p0xd0c' for an ARM implementer/part; '' where /proc/cpuinfo says neither.
+
+    Why: a cloud VM may name its CPU only "AMD EPYC". Session 13 of this project ran on a host
+    three times faster than sessions 1-12's under that same name, and measurements from the two
+    must not share a key.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+    def field(name):
+        m = re.search(rf"^{name}\s*:\s*(\S+)\s*$", text, re.MULTILINE)
+        return m.group(1) if m else None
+
+    family, model = field("cpu family"), field("model")
+    if family and model and family.isdigit() and model.isdigit():
+        return f"f{family}m{model}"
+    implementer, part = field("CPU implementer"), field("CPU part")
+    if implementer and part:
+        return f"i{implementer}p{part}"
+    return ""
+
+
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -98,6 +125,7 @@ def platform_info(threads: int, batch_size: int) -> dict:
 
     return {
         "cpu": cpu_model(),
+        "cpu_generation": cpu_generation(),
         "cores": os.cpu_count() or 1,
         "usable_cores": _usable_cores(),
         "machine": platform.machine(),
@@ -111,6 +139,35 @@ def platform_info(threads: int, batch_size: int) -> dict:
     }
 
 
+_GENERATION = re.compile(r"-(f\d+m\d+|i0x[0-9a-fA-F]+p0x[0-9a-fA-F]+)(?=-ort)")
+
+
+def without_generation(key: str) -> str:
+    """``key`` in the form it had before CPU generations were recorded."""
+    return _GENERATION.sub("", str(key))
+
+
+def platform_keys_compatible(recorded: str, here: str) -> bool:
+    """Whether measurements recorded under ``recorded`` may stand for the platform ``here``:
+    the same key, or a key recorded before generations were (no generation in it) that matches
+    ``here`` without its generation. The second case cannot tell two generations apart (session
+    13's lesson); the callers say so where it matters."""
+    recorded, here = str(recorded), str(here)
+    if recorded == here:
+        return True
+    return _GENERATION.search(recorded) is None and recorded == without_generation(here)
+
+
+def common_platform(keys) -> str | None:
+    """The key that a set of measurements' keys share: the one with a CPU generation when some
+    were recorded before generations were; None when two of them are other platforms."""
+    keys = {str(k) for k in keys}
+    if not keys:
+        return None
+    newest = max(keys, key=lambda k: (k != without_generation(k), k))
+    return newest if all(platform_keys_compatible(k, newest) for k in keys) else None
+
+
 # Words in CPU names that say nothing about speed.
 _CPU_NOISE = re.compile(r"\((R|TM|tm|r)\)|\bCPU\b|\bProcessor\b|@.*$|\b\d+-Core\b")
 
@@ -122,17 +179,20 @@ def _short_cpu(name: str) -> str:
 
 
 def platform_key(info: Mapping[str, Any]) -> str:
-    """A short, stable id such as 'cpu-AMD_EPYC-ort1.32-t1-b1'.
+    """A short, stable id such as 'cpu-AMD_EPYC-f26m2-ort1.32-t1-b1'.
 
-    Measurements with the same key are comparable: same provider, CPU model, onnxruntime
-    major.minor, thread count and batch size. The host name is left out on purpose so that
-    identical machines share their measurements.
+    Measurements with the same key are comparable: same provider, CPU model and generation
+    (:func:`cpu_generation`), onnxruntime major.minor, thread count and batch size. The host name
+    is left out on purpose so that identical machines share their measurements. Descriptions
+    recorded before the generation was (session 14) give the old form without it,
+    'cpu-AMD_EPYC-ort1.32-t1-b1' (see :func:`platform_keys_compatible`).
     """
     try:
         provider = str(info["provider"]).replace("ExecutionProvider", "").lower() or "cpu"
         ort_version = ".".join(str(info["onnxruntime"]).split(".")[:2])
-        return (f"{provider}-{_short_cpu(str(info['cpu']))}-ort{ort_version}"
-                f"-t{int(info['threads'])}-b{int(info['batch_size'])}")
+        generation = re.sub(r"[^A-Za-z0-9]+", "", str(info.get("cpu_generation") or ""))[:16]
+        return (f"{provider}-{_short_cpu(str(info['cpu']))}{'-' + generation if generation else ''}"
+                f"-ort{ort_version}-t{int(info['threads'])}-b{int(info['batch_size'])}")
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a platform description (as made by platform_info): missing or "
                          f"malformed field {e}") from None
