@@ -517,7 +517,7 @@ def zoo_describe(spec: dict) -> str:
     return zoo.describe(spec) if zoo else json.dumps(spec)
 
 
-LATENCY_TRAIN_HINT = ("python -m narformer_core latency train --dataset assets/latency/zoo2000_s13.jsonl.gz "
+LATENCY_TRAIN_HINT = ("python -m narformer_core latency train --dataset assets/latency/zoo2000_s14.jsonl.gz "
                       "--column refnorm_ms --out assets/latency/narformer_latency.pt")
 
 
