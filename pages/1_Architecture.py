@@ -144,8 +144,8 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
     unseen = svc.unseen_latency_ops(predictor, graph)
     if unseen:
         st.warning(f"{predictor.name} never saw these operator types in training: {', '.join(unseen)}. "
-                   "Expect a larger error than on the zoo families (outside the zoo, session 13 measured "
-                   "a MAPE of 22%, against 5% on held-out zoo networks).")
+                   "Expect a larger error than on the zoo families it was trained on (measured on "
+                   "families outside the zoo: `assets/latency/README.md`, \"Outside the zoo\").")
     c1, c2 = st.columns(2)
     c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from "
               f"{plat or 'an unrecorded platform'}, statistic `{column}`")
