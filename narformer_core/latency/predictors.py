@@ -66,6 +66,7 @@ import torch.nn.functional as F
 
 from ..graph import ArchGraph, GraphError
 from ..metrics import mape
+from ..network_tokenizer import get_op_id, unknown_op_code
 from ..tokenizer import SCHEMES
 from .op_cost import DEFAULT_SHRINK, OperatorCostModel
 
@@ -125,14 +126,9 @@ def _network_tokens(g: ArchGraph, scheme: str = "nerf"):
     return tk.depth, tk.nodes.astype(np.float16), tk.static
 
 
-def _op_id(op: str, domain: str = "") -> int:
-    from ..network_tokenizer import get_op_id
-    return get_op_id(op, domain)
-
-
 def _op_ids(g: ArchGraph) -> np.ndarray:
     """Op-type id of each token of the network: its operators, then -1 for the end token."""
-    return np.array([_op_id(n.op, n.attrs.get("domain", "")) for n in g.nodes] + [-1], dtype=np.int64)
+    return np.array([get_op_id(n.op, n.attrs.get("domain", "")) for n in g.nodes] + [-1], dtype=np.int64)
 
 
 def graph_edges(g: ArchGraph) -> np.ndarray:
@@ -403,11 +399,10 @@ class NARFormerLatency(LatencyPredictor):
             static = np.concatenate([static, raw.astype(np.float32)], axis=1)
         nodes = [p[1] for p in parts]
         op_ids = [_cached("opids", g, _op_ids) for g in graphs]
-        code = None
+        trains_unknown = float(self.train_overrides.get("op_dropout", 0) or 0) > 0
+        code = unknown_op_code(self.scheme) if trains_unknown else None
         if self.maps_unseen_ops:
-            from ..network_tokenizer import unknown_op_code
-            code = unknown_op_code(self.scheme)
-            known = np.array([_op_id(op) for op in self.known_ops], dtype=np.int64)
+            known = np.array([get_op_id(op) for op in self.known_ops], dtype=np.int64)
             recoded = []
             for t, ids in zip(nodes, op_ids):
                 unseen = (ids >= 0) & ~np.isin(ids, known)
@@ -420,9 +415,6 @@ class NARFormerLatency(LatencyPredictor):
             nodes = [np.concatenate([t, self._node_numbers(g)], axis=1) for t, g in zip(nodes, graphs)]
         # Token i is operator i (the end token comes last and has no edges).
         edges = [_cached("edges", g, graph_edges) for g in graphs] if self.model_config().uses_edges else None
-        if self.train_overrides.get("op_dropout", 0) and code is None:
-            from ..network_tokenizer import unknown_op_code
-            code = unknown_op_code(self.scheme)
         return TokenSet(np.stack([p[0] for p in parts]), nodes, static, edges=edges, op_ids=op_ids,
                         unknown_code=code)
 
