@@ -399,8 +399,7 @@ class NARFormerLatency(LatencyPredictor):
             static = np.concatenate([static, raw.astype(np.float32)], axis=1)
         nodes = [p[1] for p in parts]
         op_ids = [_cached("opids", g, _op_ids) for g in graphs]
-        trains_unknown = float(self.train_overrides.get("op_dropout", 0) or 0) > 0
-        code = unknown_op_code(self.scheme) if trains_unknown else None
+        code = unknown_op_code(self.scheme) if self.trains_unknown_ops else None
         if self.maps_unseen_ops:
             known = np.array([get_op_id(op) for op in self.known_ops], dtype=np.int64)
             recoded = []
@@ -419,10 +418,15 @@ class NARFormerLatency(LatencyPredictor):
                         unknown_code=code)
 
     @property
+    def trains_unknown_ops(self) -> bool:
+        """Whether this predictor trains (or was trained) with unknown-operator training."""
+        return float(self.train_overrides.get("op_dropout", 0) or 0) > 0
+
+    @property
     def maps_unseen_ops(self) -> bool:
         """Whether operator types outside training are shown to the model as "unknown": only a
         model trained with unknown-operator training (op_dropout) has learned that code."""
-        return self.known_ops is not None and float(self.train_overrides.get("op_dropout", 0) or 0) > 0
+        return self.known_ops is not None and self.trains_unknown_ops
 
     def unseen_ops(self, graph: ArchGraph) -> list[str]:
         """Operator types of ``graph`` that no training network had (empty if unknown)."""
