@@ -40,18 +40,42 @@ def op_color(op: str) -> str:
 
 
 # ------------------------------------------------------------------ graphs
-def dag_layout(graph: ArchGraph) -> tuple[np.ndarray, np.ndarray]:
-    """x = longest-path depth from the inputs, y = spread within a depth (centred on 0)."""
+WRAP_DEPTHS = 32      # a graph deeper than WRAP_AFTER is folded into rows of this many depths
+WRAP_AFTER = 48
+
+
+def dag_layout(graph: ArchGraph, wrap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """x = longest-path depth from the inputs, y = spread within a depth (centred on 0).
+
+    A whole network is mostly a chain: a ConvNeXt is 140 depths deep and one node wide, so drawn
+    on one line it fills the page's width with dots a few pixels apart. Deeper than
+    ``WRAP_AFTER`` (or when ``wrap`` is given), the depths are folded into rows of ``wrap``
+    columns that run alternately left to right and right to left, like a snake: depth d and
+    d + 1 stay neighbours (side by side, or one above the other at a row's end), so the chain
+    still reads as one path. Rows go downwards, each as tall as its widest depth.
+    """
     n = len(graph)
     depth = np.zeros(n, dtype=int)
     for i, node in enumerate(graph.nodes):          # nodes are in topological order
         if node.inputs:
             depth[i] = 1 + max(depth[j] for j in node.inputs)
-    y = np.zeros(n)
+    spread = np.zeros(n)
     for d in np.unique(depth):
         members = np.flatnonzero(depth == d)
-        y[members] = (np.arange(len(members)) - (len(members) - 1) / 2.0)[::-1]
-    return depth.astype(float), y
+        spread[members] = (np.arange(len(members)) - (len(members) - 1) / 2.0)[::-1]
+    levels = int(depth.max()) + 1 if n else 0
+    if wrap is None:
+        wrap = WRAP_DEPTHS if levels > WRAP_AFTER else 0
+    if not wrap or wrap < 2 or levels <= wrap:
+        return depth.astype(float), spread
+    row, col = depth // wrap, depth % wrap
+    col = np.where(row % 2 == 1, wrap - 1 - col, col)  # odd rows run right to left
+    # Each row is as tall as its widest depth plus a gap, so rows never overlap.
+    half = np.array([np.abs(spread[row == r]).max(initial=0.0) for r in range(int(row.max()) + 1)])
+    centre = np.zeros(len(half))
+    for r in range(1, len(half)):
+        centre[r] = centre[r - 1] - (half[r - 1] + half[r] + 1.5)
+    return col.astype(float), centre[row] + spread
 
 
 def cell_dag(graph: ArchGraph, title: str | None = None, height: int | None = None) -> go.Figure:

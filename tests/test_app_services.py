@@ -145,6 +145,33 @@ def test_cell_dag_layout_and_edges():
     assert len(fig.layout.annotations) == len(g.edges())    # one arrow per edge
 
 
+def test_dag_layout_folds_deep_networks_into_a_snake():
+    from narformer_core.graph import ArchGraph, Node
+
+    # 140 operators in a chain with a residual Add every 4th node: a ConvNeXt's shape.
+    nodes = [Node("input")]
+    for i in range(1, 141):
+        nodes.append(Node("Add", (i - 1, i - 4)) if i % 4 == 0 and i >= 4 else Node("Conv", (i - 1,)))
+    g = ArchGraph(nodes, space="test")
+    x, y = plots.dag_layout(g)
+    assert x.max() == plots.WRAP_DEPTHS - 1                  # folded to the row width
+    assert len(set(zip(x.tolist(), y.tolist()))) == len(g)   # no two nodes on one spot
+    rows = sorted(set(np.round(y[[i for i in range(len(g)) if g.nodes[i].op != "Add"]], 6)), reverse=True)
+    assert len(rows) >= 4                                   # 140 depths / 32 per row
+    # The chain stays a path of neighbours: each node one column from its main input, or, at a
+    # row's end, in the same column one row down.
+    for i in range(1, len(g)):
+        j = g.nodes[i].inputs[0]
+        dx, dy = abs(x[i] - x[j]), y[j] - y[i]
+        assert (dx == 1 and abs(dy) < 1.5) or (dx == 0 and dy > 0), (i, j, dx, dy)
+    # A shallow graph, and one below the threshold, stay on one line.
+    short = ArchGraph([Node("input")] + [Node("Relu", (i,)) for i in range(plots.WRAP_AFTER - 1)], space="test")
+    xs, ys = plots.dag_layout(short)
+    assert xs.max() == plots.WRAP_AFTER - 1 and set(ys) == {0.0}
+    assert plots.dag_layout(short, wrap=10)[0].max() == 9   # folding can be asked for
+    assert plots.cell_dag(g).layout.height <= 700
+
+
 def test_token_heatmap_hover_names_slots():
     values = np.arange(12, dtype=np.float32).reshape(2, 6)
     fig = plots.token_heatmap(values, ["0 a", "1 b"], ["p", "p", "q", "q", "q", "r"])
