@@ -108,18 +108,33 @@ def cell_dag(graph: ArchGraph, title: str | None = None, height: int | None = No
             parts.append(f"{k} = {v}")
         hover.append("<br>".join(parts))
     labels = [SHORT.get(op, op) for op in graph.ops]
+    if big:
+        # A whole network brings a dozen operator types; the fixed cell colours repeat among
+        # them (Gemm, MatMul and any hashed type can share one), so here each type gets its own.
+        import plotly.express as px
+
+        palette = px.colors.qualitative.Dark24
+        colour = {op: palette[k % len(palette)] for k, op in enumerate(sorted(set(graph.ops)))}
+    else:
+        colour = {op: op_color(op) for op in set(graph.ops)}
     fig.add_trace(go.Scatter(
         x=x, y=y, mode="markers" if big else "markers+text", text=labels, textposition="bottom center",
-        marker=dict(size=10 if big else 30, color=[op_color(o) for o in graph.ops],
+        marker=dict(size=10 if big else 30, color=[colour[o] for o in graph.ops],
                     line=dict(color="white", width=2)),
         hovertext=hover, hoverinfo="text", showlegend=False, customdata=list(range(n))))
-    if not big:
+    if big:
+        # Without labels on the nodes, a legend says which colour is which operator type.
+        for op in sorted(set(graph.ops)):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=SHORT.get(op, op),
+                                     marker=dict(size=10, color=colour[op]), showlegend=True))
+    else:
         fig.add_trace(go.Scatter(x=x, y=y, mode="text", text=[str(i) for i in range(n)],
                                  textfont=dict(color="white", size=12), hoverinfo="skip", showlegend=False))
     span = max(y.max() - y.min(), 1.0) if n else 1.0
     fig.update_layout(
         annotations=arrows, title=title, height=height or int(min(700, max(260, 120 + 70 * span))),
         margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
+        legend=dict(orientation="h", yanchor="top", y=-0.02, x=0),
         xaxis=dict(visible=False, range=[x.min() - 0.5, x.max() + 0.5] if n else None),
         yaxis=dict(visible=False, range=[y.min() - 0.8, y.max() + 0.6] if n else None))
     return fig

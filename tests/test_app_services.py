@@ -169,7 +169,11 @@ def test_dag_layout_folds_deep_networks_into_a_snake():
     xs, ys = plots.dag_layout(short)
     assert xs.max() == plots.WRAP_AFTER - 1 and set(ys) == {0.0}
     assert plots.dag_layout(short, wrap=10)[0].max() == 9   # folding can be asked for
-    assert plots.cell_dag(g).layout.height <= 700
+    fig = plots.cell_dag(g)
+    assert fig.layout.height <= 700
+    legend = [t for t in fig.data if t.showlegend]          # no labels on 140 dots: a legend instead
+    assert sorted(t.name for t in legend) == sorted(set(g.ops))
+    assert len({t.marker.color for t in legend}) == len(legend)   # one colour per operator type
 
 
 def test_token_heatmap_hover_names_slots():
