@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 
-def read_cache(path: Path, label: str | None, data: str | None) -> tuple[list[dict], str]:
+def read_cache(path: Path, label: str | None, data: str | None,
+               seed: int | None = None) -> tuple[list[dict], str, int | None]:
     fits = []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -31,11 +32,16 @@ def read_cache(path: Path, label: str | None, data: str | None) -> tuple[list[di
             data = r["data"]
         if r["data"] != data:
             raise SystemExit(f"{path}: a fit of data set {r['data']}, not {data}; caches of one data set only")
+        # Another bench seed is another in-domain split: its figures are not comparable in one table.
+        if seed is None:
+            seed = r.get("seed")
+        if r.get("seed") != seed:
+            raise SystemExit(f"{path}: a fit of bench seed {r.get('seed')}, not {seed}; caches of one seed only")
         if label:
             r["predictor"] = label
             r["fit"] = {**r["fit"], "predictor": label}
         fits.append(r)
-    return fits, data
+    return fits, data, seed
 
 
 def assemble(fits: list[dict]) -> dict:
@@ -85,13 +91,13 @@ def main(argv=None) -> int:
     ap.add_argument("--retest-floor", default=None, help="a bench JSON whose test_retest_floor to copy")
     ap.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = ap.parse_args(argv)
-    fits, data = [], None
+    fits, data, seed = [], None, None
     for spec in args.caches:
         path, _, label = spec.partition("=")
-        more, data = read_cache(Path(path), label or None, data)
+        more, data, seed = read_cache(Path(path), label or None, data, seed)
         fits += more
     res = assemble(fits)
-    res.update({"data": data, "assembled_from": args.caches})
+    res.update({"data": data, "seed": seed, "assembled_from": args.caches})
     if args.retest_floor:
         floor = json.loads(Path(args.retest_floor).read_text()).get("test_retest_floor")
         if floor:

@@ -11,8 +11,8 @@ assemble = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(assemble)
 
 
-def fit(predictor, setting, held_out, scores, data="d1"):
-    return {"data": data, "seed": 0, "setting": setting, "held_out": held_out, "predictor": predictor,
+def fit(predictor, setting, held_out, scores, data="d1", seed=0):
+    return {"data": data, "seed": seed, "setting": setting, "held_out": held_out, "predictor": predictor,
             "fingerprint": "x", "scores": scores,
             "fit": {"setting": setting, "held_out": held_out, "predictor": predictor, "test_mape": 0.0}}
 
@@ -46,3 +46,15 @@ def test_caches_of_two_data_sets_are_refused(tmp_path):
     b = write(tmp_path / "b.fits.jsonl", [fit("NAR-Former", "in_domain", None, {}, data="d2")])
     with pytest.raises(SystemExit, match="caches of one data set only"):
         assemble.main([str(a), str(b), "--out", str(tmp_path / "x.json")])
+
+
+def test_caches_of_two_bench_seeds_are_refused(tmp_path):
+    # Seeds 0 and 1 are two in-domain splits: one table of both would mix test sets.
+    a = write(tmp_path / "a.fits.jsonl", [fit("NNLP GNN", "in_domain", None, {}, seed=0)])
+    b = write(tmp_path / "b.fits.jsonl", [fit("NAR-Former", "in_domain", None, {}, seed=1)])
+    with pytest.raises(SystemExit, match="caches of one seed only"):
+        assemble.main([str(a), str(b), "--out", str(tmp_path / "x.json")])
+    c = write(tmp_path / "c.fits.jsonl", [fit("NNLP GNN", "in_domain", None, {"f": {"n": 1, "mape": 1.0, "acc10": 100.0}}, seed=1)])
+    write(b, [fit("NAR-Former", "in_domain", None, {"f": {"n": 1, "mape": 2.0, "acc10": 100.0}}, seed=1)])
+    assemble.main([str(b), str(c), "--out", str(tmp_path / "y.json")])
+    assert json.loads((tmp_path / "y.json").read_text())["seed"] == 1
