@@ -293,6 +293,12 @@ def test_narformer_members_average_and_round_trip(measured, tmp_path):
     assert q.members == 2
     np.testing.assert_allclose(q.predict(graphs), pair.predict(graphs), rtol=1e-5)
     assert not np.allclose(pair.predict(graphs), single.predict(graphs), rtol=1e-4)
+    # Each member's own prediction: member 0 is the single network; the ensemble is their geometric mean.
+    each = q.member_predictions(graphs)
+    assert each.shape == (2, len(graphs))
+    np.testing.assert_allclose(each[0], single.predict(graphs), rtol=1e-5)
+    np.testing.assert_allclose(np.exp(np.log(each).mean(0)), q.predict(graphs), rtol=1e-5)
+    assert single.member_predictions(graphs[:3]).shape == (1, 3)
     st = torch.load(tmp_path / "pair.pt", weights_only=True)
     st["config"]["members"] = 3
     torch.save(st, tmp_path / "lying.pt")

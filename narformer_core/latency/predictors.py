@@ -164,6 +164,12 @@ def _split_val(n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarray, np
 
 
 # ------------------------------------------------------------------ the interface
+def member_spread_pct(members_ms: np.ndarray) -> np.ndarray:
+    """Per network (column): the largest member prediction over the smallest, minus one, in %."""
+    m = np.asarray(members_ms, dtype=np.float64)
+    return 100.0 * (m.max(axis=0) / m.min(axis=0) - 1.0)
+
+
 class LatencyPredictor:
     name = "predictor"
     kind = ""
@@ -503,6 +509,23 @@ class NARFormerLatency(LatencyPredictor):
         graphs = _check_graphs(graphs)
         raw = predict_raw(self.net, self._tokens(graphs), self.device)
         return _finite_ms(self.target.inverse(raw, self._offsets(graphs)), self.name)
+
+    def member_predictions(self, graphs) -> np.ndarray:
+        """(members, len(graphs)) ms: each member network's own prediction (one row if single).
+
+        ``predict`` is the geometric mean of these rows. How far they disagree is a cheap
+        uncertainty signal one would hope for (members differ only in initial seed and batch
+        order), but measured on the shipped ensemble it does not say which network is off:
+        ``scripts/bench_member_spread.py``, ``assets/latency/README.md`` "Session 15".
+        """
+        from .train_latency import predict_raw
+
+        if self.net is None:
+            raise ValueError("the NAR-Former latency predictor is not fitted")
+        graphs = _check_graphs(graphs)
+        tokens, offsets = self._tokens(graphs), self._offsets(graphs)
+        return np.stack([_finite_ms(self.target.inverse(predict_raw(m, tokens, self.device), offsets), self.name)
+                         for m in self._member_nets()])
 
     def _state(self):
         return {"config": {"model": _plain(self.model_config().to_dict()),
