@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from .graph import ArchGraph
 
@@ -111,9 +112,7 @@ def cell_dag(graph: ArchGraph, title: str | None = None, height: int | None = No
     if big:
         # A whole network brings a dozen operator types; the fixed cell colours repeat among
         # them (Gemm, MatMul and any hashed type can share one), so here each type gets its own.
-        import plotly.express as px
-
-        palette = px.colors.qualitative.Dark24
+        palette = qualitative.Dark24
         colour = {op: palette[k % len(palette)] for k, op in enumerate(sorted(set(graph.ops)))}
     else:
         colour = {op: op_color(op) for op in set(graph.ops)}

@@ -27,10 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def member_spread_pct(members_ms: np.ndarray) -> np.ndarray:
+    """Per network (column): the largest member prediction over the smallest, minus one, in %."""
+    m = np.asarray(members_ms, dtype=np.float64)
+    return 100.0 * (m.max(axis=0) / m.min(axis=0) - 1.0)
+
+
 def spread_report(members_ms: np.ndarray, truth_ms: np.ndarray, families=None) -> dict:
     from scipy.stats import spearmanr
 
-    from narformer_core.latency.predictors import member_spread_pct
     from narformer_core.metrics import acc_within, mape
 
     members_ms = np.asarray(members_ms, dtype=np.float64)

@@ -12,13 +12,11 @@ spec.loader.exec_module(bench)
 
 
 def test_spread_report_splits_by_disagreement_and_scores_the_geometric_mean():
-    from narformer_core.latency.predictors import member_spread_pct
-
     truth = np.full(4, 10.0)
     # Networks 0-1: members agree and are right; 2-3: they disagree and their mean is 20% off.
     members = np.array([[10.0, 10.0, 10.0, 10.0],
                         [10.0, 10.0, 14.4, 14.4]])
-    np.testing.assert_allclose(member_spread_pct(members), [0.0, 0.0, 44.0, 44.0])
+    np.testing.assert_allclose(bench.member_spread_pct(members), [0.0, 0.0, 44.0, 44.0])
     rep = bench.spread_report(members, truth, ["a", "a", "b", "b"])
     assert rep["n"] == 4 and rep["members"] == 2
     assert rep["low_spread_half"]["mape"] == 0.0

@@ -164,12 +164,6 @@ def _split_val(n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarray, np
 
 
 # ------------------------------------------------------------------ the interface
-def member_spread_pct(members_ms: np.ndarray) -> np.ndarray:
-    """Per network (column): the largest member prediction over the smallest, minus one, in %."""
-    m = np.asarray(members_ms, dtype=np.float64)
-    return 100.0 * (m.max(axis=0) / m.min(axis=0) - 1.0)
-
-
 class LatencyPredictor:
     name = "predictor"
     kind = ""
