@@ -176,6 +176,14 @@ def cmd_combine(args) -> int:
     return 0
 
 
+def cmd_structure_set(args) -> int:
+    from .latency.pretrain import build_structure_set
+
+    _print(build_structure_set(args.out, args.n, seed=args.seed, exclude=args.exclude, start=args.start,
+                               stop=args.stop, progress=not args.quiet), args.json)
+    return 0
+
+
 def cmd_compact(args) -> int:
     from .latency import dataset as ds
 
@@ -223,11 +231,15 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     members = int(getattr(args, "members", None) or 1)
     offset = getattr(args, "offset", None) or "flops"
     static_codes = not getattr(args, "no_static_codes", False)
+    pretrain = getattr(args, "pretrain", None)
+    if pretrain and not Path(pretrain).is_file():
+        raise UserError(f"--pretrain: no structure set at {pretrain}")
     names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN", "opcost": "operator-cost sum"}
     make = {
         "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
                                              static_raw=static_raw, scheme=scheme, node_raw=node_raw,
-                                             members=members, offset=offset, static_codes=static_codes),
+                                             members=members, offset=offset, static_codes=static_codes,
+                                             pretrain=pretrain),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
         "opcost": lambda: make_predictor("opcost"),
@@ -243,7 +255,8 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     nar_print = ([nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
                  + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else [])
                  + ([f"offset={offset}-shrink{DEFAULT_SHRINK}"] if offset == "opcost" else [])
-                 + (["no_static_codes"] if not static_codes else []))
+                 + (["no_static_codes"] if not static_codes else [])
+                 + ([f"pretrain={Path(pretrain).name}:{Path(pretrain).stat().st_size}"] if pretrain else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
                    "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": f"nnls-relative-shrink{DEFAULT_SHRINK}"}
     if fingerprints is not None:
@@ -279,6 +292,9 @@ def bench_latency(args) -> int:
     from .latency.dataset import load_dataset
     from .latency.train_latency import bench_table, latency_bench
 
+    # Bad predictor options fail before the data set is read.
+    prints: dict = {}
+    factories = _factories(args, prints)
     dataset = Path(args.dataset)
     records, graphs, y = load_dataset(dataset, column=args.column)
     if len(graphs) < 20:
@@ -291,8 +307,6 @@ def bench_latency(args) -> int:
         if bad:
             raise UserError(f"--lofo-families {bad} are not in {dataset}")
     t0 = time.perf_counter()
-    prints: dict = {}
-    factories = _factories(args, prints)
     # Finished fits go to a cache beside --out, so a stopped benchmark resumes where it was.
     cache = Path(str(args.out) + ".fits.jsonl") if args.out else None
     on_fitted = None
@@ -405,6 +419,10 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
               help="NAR-Former latency: unknown-operator training; each operator type of a training "
                    "network is shown as 'unknown' with this probability, and types no training network "
                    "had are shown so at prediction (e.g. 0.1)")
+    _add_once(p, "--pretrain", default=None, metavar="STRUCTURE_SET",
+              help="NAR-Former latency: pretrain on these unmeasured networks (latency structure-set), their "
+                   "latency from the operator-cost sum fitted on the training networks, then fine-tune "
+                   "(epochs: pretrain_epochs in --narformer-json, default 8)")
     _add_once(p, "--narformer-json", default=None, help="NAR-Former latency training overrides (JSON)")
     _add_once(p, "--nnlp-json", default=None, help="NNLP GNN options (JSON), e.g. '{\"width\": 256}'")
 
@@ -475,6 +493,20 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_combine)
+
+    p = lsub.add_parser("structure-set", help="draw zoo networks that are not in the measured set and store "
+                        "their graphs, untimed (NAR-Former's pretraining networks; resumable)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True, help="networks in the whole list")
+    p.add_argument("--seed", type=int, required=True, help="seed of the zoo draw (not the measured set's)")
+    p.add_argument("--exclude", nargs="*", default=[str(DEFAULT_DATASET)],
+                   help="data sets whose networks the list must not repeat (default: the shipped set)")
+    p.add_argument("--start", type=int, default=0, help="write only networks start..stop-1 of the list "
+                   "(two processes build two halves into two files; cat joins them)")
+    p.add_argument("--stop", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_structure_set)
 
     p = lsub.add_parser("compact", help="rewrite a data set as one gzip stream (smaller, same records)")
     p.add_argument("dataset")

@@ -163,11 +163,16 @@ def _open_for_append(path: Path) -> list[dict]:
 
 
 def compact(path: str | os.PathLike) -> dict:
-    """Rewrite a data set or a re-measurement (pass) file as one gzip stream (smaller than one
-    member per line); same records."""
+    """Rewrite a data set, a re-measurement (pass) file or a structure set as one gzip stream
+    (smaller than one member per line); same records."""
     path = Path(path)
     before = path.stat().st_size
-    records = load_records(path, require_graph=False)
+    records, _ = _read_lines(path)
+    if records and records[0].get("kind") == "structure":      # a structure set (latency.pretrain)
+        if any("spec_id" not in r or "graph" not in r for r in records):
+            raise DatasetError(f"{path}: not every line is a structure record (spec_id and graph)")
+    else:
+        records = load_records(path, require_graph=False)
     _rewrite(path, records)
     return {"records": len(records), "bytes_before": before, "bytes_after": path.stat().st_size}
 

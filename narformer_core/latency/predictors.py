@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -334,8 +335,13 @@ class NARFormerLatency(LatencyPredictor):
 
     def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
                  device: str = "cpu", scheme: str = "nerf", node_raw: bool = False, members: int = 1,
-                 static_codes: bool = True, offset: str = "flops"):
+                 static_codes: bool = True, offset: str = "flops", pretrain: str | os.PathLike | None = None):
         super().__init__()
+        # A structure set (latency/pretrain.py): unmeasured networks the transformer first learns
+        # the operator-cost sum's latency of (fitted on the fit's training networks), before the
+        # measured labels. Why: ~1,600 measured networks are few for it (it overfits in 10-16
+        # epochs), and the zoo can draw as many more as wanted for the price of a graph export.
+        self.pretrain = None if pretrain is None else str(pretrain)
         if offset not in OFFSETS:
             raise ValueError(f"unknown residual offset {offset!r}; use one of {', '.join(OFFSETS)}")
         # What the residual target is measured from: "flops" (the FLOPs regression) or "opcost"
@@ -446,7 +452,7 @@ class NARFormerLatency(LatencyPredictor):
         return None if self.offset_model is None else self.offset_model.predict_log(graphs)
 
     def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
-        from .train_latency import LatencyTrainConfig, train_token_model
+        from .train_latency import LatencyTarget, LatencyTrainConfig, train_token_model
 
         graphs = _check_graphs(graphs)
         y = _check_ms(latencies_ms, len(graphs))
@@ -469,13 +475,28 @@ class NARFormerLatency(LatencyPredictor):
             tg, ty = renumbered_twins(tg, ty, cfg.twins, seed)
         train_tokens, val_tokens = self._tokens(tg), self._tokens(vg)
         off_train, off_val = self._offsets(tg), self._offsets(vg)
+        pre = self._pretrain_data(tg, ty, cfg) if self.pretrain else None
         nets, runs = [], []
         for j in range(self.members):
             # Member 0 is exactly the single fit; the others differ only in their initial seed.
+            mcfg = replace(cfg, seed=cfg.seed + 1000 * j)
+            name = f"NAR-Former latency {j + 1}/{self.members}" if self.members > 1 else "NAR-Former latency"
+            init, pre_run = None, None
+            if pre is not None:
+                pre_tokens, pre_ms, pre_off = pre
+                target = LatencyTarget.fit(cfg.target, ty, off_train)
+                pre_net, _, pre_run = train_token_model(
+                    self.model_config(), pre_tokens, pre_ms, val_tokens, vy,
+                    replace(mcfg, epochs=int(cfg.pretrain_epochs)), offset_train=pre_off, offset_val=off_val,
+                    progress=progress, desc=name + " (pretraining)", target=target)
+                init = pre_net.state_dict()
             net, self.target, run = train_token_model(
-                self.model_config(), train_tokens, ty, val_tokens, vy, replace(cfg, seed=cfg.seed + 1000 * j),
-                offset_train=off_train, offset_val=off_val, progress=progress,
-                desc=f"NAR-Former latency {j + 1}/{self.members}" if self.members > 1 else "NAR-Former latency")
+                self.model_config(), train_tokens, ty, val_tokens, vy, mcfg,
+                offset_train=off_train, offset_val=off_val, progress=progress, desc=name, init_state=init)
+            if pre_run is not None:
+                run = {**run, "pretrain": {k: pre_run[k] for k in ("val_mape", "selected", "selected_epoch",
+                                                                   "train_seconds", "history")},
+                       "train_seconds": round(run["train_seconds"] + pre_run["train_seconds"], 1)}
             nets.append(net)
             runs.append(run)
         self.summary = runs[0]
@@ -488,12 +509,33 @@ class NARFormerLatency(LatencyPredictor):
                             "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
         else:
             self.net = nets[0]
+        if pre is not None:
+            self.meta["pretrain"] = {"set": Path(self.pretrain).name, "networks": len(pre[1]),
+                                     "epochs": int(cfg.pretrain_epochs),
+                                     "val_mape": [r["pretrain"]["val_mape"] for r in runs]}
         self.meta.update({"n_train": n_train, "n_val": len(vg), "twins": cfg.twins, "node_raw": self.node_raw,
                           "members": self.members, "member_val_mape": self.summary.get("member_val_mape"),
                           "val_mape": self.summary["val_mape"], "selected": self.summary["selected"],
                           "selected_epoch": self.summary["selected_epoch"],
                           "train_seconds": self.summary["train_seconds"]})
         return self
+
+    def _pretrain_data(self, tg, ty, cfg):
+        """(tokens, proxy ms, offsets) of the structure set's networks, the proxy being the
+        operator-cost sum fitted on the training networks ``tg`` alone."""
+        from .op_cost import OperatorCostModel
+        from .pretrain import load_structures
+
+        if cfg.target != "residual" or self.offset_model is None:
+            raise ValueError("pretraining needs the residual target (its proxy is measured from the same offset)")
+        graphs = load_structures(self.pretrain)
+        seen = {g.stable_hash() for g in tg}
+        graphs = [g for g in graphs if g.stable_hash() not in seen]    # a measured network is learnt from its label
+        if not graphs:
+            raise ValueError(f"no network of the structure set {self.pretrain} is new to this fit "
+                             "(every one is a training network)")
+        proxy = np.exp(OperatorCostModel().fit(tg, ty).predict_log(graphs))
+        return self._tokens(graphs), _finite_ms(proxy, "the operator-cost sum"), self._offsets(graphs)
 
     def predict(self, graphs):
         from .train_latency import predict_raw
@@ -527,7 +569,7 @@ class NARFormerLatency(LatencyPredictor):
                            "train": _plain(self.train_overrides), "static_raw": self.static_raw,
                            "static_codes": self.static_codes, "offset": self.offset,
                            "scheme": self.scheme, "node_raw": self.node_raw, "members": self.members,
-                           "known_ops": self.known_ops},
+                           "known_ops": self.known_ops, "pretrain": self.meta.get("pretrain")},
                 # One network: "state_dict". An ensemble: its first member there, the rest in
                 # "member_state_dicts" (so a file reads the same way either way).
                 "state_dict": self._member_nets()[0].state_dict(),

@@ -82,6 +82,9 @@ class LatencyTrainConfig:
     # experience of. A model trained this way has learned what "some operator with these shapes,
     # attributes and costs" means, and NARFormerLatency shows it unseen types under that code.
     op_dropout: float = 0.0
+    # With NARFormerLatency(pretrain=STRUCTURE_SET): epochs over the unmeasured networks (proxy
+    # latency, latency/pretrain.py) before the ``epochs`` on the measured ones. Unused otherwise.
+    pretrain_epochs: int = 8
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -93,6 +96,8 @@ class LatencyTrainConfig:
             raise ValueError(f"length_chunk must be at least 1, got {self.length_chunk}")
         if not 0.0 <= float(self.op_dropout) < 1.0:
             raise ValueError(f"op_dropout is a probability below 1, got {self.op_dropout}")
+        if int(self.pretrain_epochs) < 1:
+            raise ValueError(f"pretrain_epochs must be at least 1, got {self.pretrain_epochs}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -312,13 +317,22 @@ def _pick_device(name: str) -> torch.device:
 def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: np.ndarray,
                       val: TokenSet, y_val_ms: np.ndarray, cfg: LatencyTrainConfig, *,
                       offset_train: np.ndarray | None = None, offset_val: np.ndarray | None = None,
-                      progress: bool = False, desc: str = "latency") -> tuple[NARFormer, LatencyTarget, dict]:
-    """Train and return (the model selected on validation MAPE, its target map, a summary)."""
+                      progress: bool = False, desc: str = "latency", target: "LatencyTarget | None" = None,
+                      init_state: dict | None = None) -> tuple[NARFormer, LatencyTarget, dict]:
+    """Train and return (the model selected on validation MAPE, its target map, a summary).
+
+    ``target``: the target map to use instead of one fitted on ``y_train_ms`` (pretraining on
+    proxy latencies uses the measured networks' map, so the head's scale carries over).
+    ``init_state``: start from these weights (a pretrained model) instead of a fresh init.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    target = LatencyTarget.fit(cfg.target, y_train_ms, offset_train if cfg.target == "residual" else None)
+    if target is None:
+        target = LatencyTarget.fit(cfg.target, y_train_ms, offset_train if cfg.target == "residual" else None)
+    elif target.kind != cfg.target:
+        raise ValueError(f"the given target map is {target.kind!r}, the config's target {cfg.target!r}")
     off_tr = offset_train if cfg.target == "residual" else None
     off_va = offset_val if cfg.target == "residual" else None
     if cfg.target == "residual" and (off_tr is None or off_va is None):
@@ -327,10 +341,13 @@ def train_token_model(model_cfg: NARFormerConfig, train: TokenSet, y_train_ms: n
 
     torch.manual_seed(cfg.seed)
     model = NARFormer(model_cfg)
-    if cfg.head_init == "kaiming":
-        init_latency_head(model)
-    if model_cfg.readout == "token+lse":
-        init_cost_readout(model, target, train.lengths)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    else:
+        if cfg.head_init == "kaiming":
+            init_latency_head(model)
+        if model_cfg.readout == "token+lse":
+            init_cost_readout(model, target, train.lengths)
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)

@@ -1,0 +1,136 @@
+"""Structure sets (unmeasured zoo networks) and NAR-Former's pretraining on them."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from narformer_core.cli import main as cli_main
+from narformer_core.latency import dataset as ds
+from narformer_core.latency import zoo
+from narformer_core.latency.predictors import NARFormerLatency, load_predictor
+from narformer_core.latency.pretrain import build_structure_set, load_structures
+from narformer_core.onnx_import import from_torch
+
+TINY = {"model": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": (1, 1, 1, 1), "head_hidden": 64,
+                  "dropout": 0.0},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 2e-3, "pretrain_epochs": 2}}
+
+
+def conv_net(width: int, depth: int, kernel: int) -> nn.Module:
+    layers, c = [], 3
+    for _ in range(depth):
+        layers += [nn.Conv2d(c, width, kernel, padding=kernel // 2), nn.ReLU()]
+        c = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """12 small conv nets with a made-up latency that grows with their MACs (no timing needed:
+    these tests check the plumbing, not accuracy)."""
+    from narformer_core.features import static_features
+
+    graphs = [from_torch(conv_net(w, d, k), torch.zeros(1, 3, 24, 24))
+              for w in (8, 24) for d in (1, 3) for k in (1, 3, 5)]
+    y = np.array([0.05 + static_features(g)["flops"] / 2e7 for g in graphs])
+    return graphs, y
+
+
+@pytest.fixture(scope="module")
+def structure_set(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pre") / "structures.jsonl.gz"
+    out = build_structure_set(path, 4, seed=7, families=("squeezenet", "alexnet"), progress=False)
+    assert out["written"] == 4
+    return path
+
+
+def test_structure_set_is_untimed_resumable_and_skips_excluded(structure_set, tmp_path):
+    records = [json.loads(line) for line in gzip.open(structure_set, "rt")]
+    assert len(records) == 4 and {r["family"] for r in records} == {"squeezenet", "alexnet"}
+    for r in records:
+        assert r["kind"] == "structure" and "median_ms" not in r and "samples_ms" not in r
+        assert r["n_nodes"] == len(r["graph"]["nodes"]) and r["static"]["flops"] > 0
+    # A second call writes nothing new; its list is the same prefix-stable draw.
+    assert build_structure_set(structure_set, 4, seed=7, families=("squeezenet", "alexnet"),
+                               progress=False)["written"] == 0
+    # Networks of an excluded data set are not drawn again: exclude the first two, get others.
+    excl = tmp_path / "measured.jsonl.gz"
+    with gzip.open(excl, "wt") as f:
+        for r in records[:2]:
+            f.write(json.dumps({"spec_id": r["spec_id"], "graph": r["graph"], "median_ms": 1.0}) + "\n")
+    other = tmp_path / "other.jsonl.gz"
+    build_structure_set(other, 4, seed=7, families=("squeezenet", "alexnet"), exclude=[excl], progress=False)
+    ids = [json.loads(line)["spec_id"] for line in gzip.open(other, "rt")]
+    assert len(ids) == 4 and not {r["spec_id"] for r in records[:2]} & set(ids)
+    assert [r["spec_id"] for r in records[2:]] == ids[:2]
+    # Halves built apart and joined with cat read as the whole list, duplicates counted once.
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    build_structure_set(a, 4, seed=7, families=("squeezenet", "alexnet"), start=0, stop=2, progress=False)
+    build_structure_set(b, 4, seed=7, families=("squeezenet", "alexnet"), start=1, stop=4, progress=False)
+    joined = tmp_path / "joined.jsonl.gz"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    assert [g.stable_hash() for g in load_structures(joined)] == [g.stable_hash() for g in load_structures(structure_set)]
+    # compact keeps a structure set's records
+    assert ds.compact(joined)["records"] == 5 and len(load_structures(joined)) == 4
+
+
+def test_structure_set_errors(tmp_path):
+    with pytest.raises(ds.DatasetError, match="no structure set"):
+        load_structures(tmp_path / "missing.jsonl.gz")
+    bad = tmp_path / "bad.jsonl.gz"
+    with gzip.open(bad, "wt") as f:
+        f.write(json.dumps({"spec_id": "x"}) + "\n")
+    with pytest.raises(ds.DatasetError, match="not a structure record"):
+        load_structures(bad)
+    with pytest.raises(ds.DatasetError, match="no data set at"):
+        build_structure_set(tmp_path / "o.jsonl.gz", 2, seed=0, exclude=[tmp_path / "nowhere.jsonl.gz"],
+                            progress=False)
+
+
+def test_pretrained_fit_starts_elsewhere_records_it_and_round_trips(labelled, structure_set, tmp_path):
+    graphs, y = labelled
+    plain = NARFormerLatency(**TINY).fit(graphs, y, seed=0)
+    pre = NARFormerLatency(**TINY, pretrain=structure_set).fit(graphs, y, seed=0)
+    info = pre.meta["pretrain"]
+    assert info["networks"] == 4 and info["epochs"] == 2 and info["set"] == structure_set.name
+    assert len(info["val_mape"]) == 1 and np.isfinite(info["val_mape"][0])
+    # Same seed, same measured data: only the starting weights differ.
+    assert not np.allclose(pre.predict(graphs), plain.predict(graphs), rtol=1e-4)
+    q = load_predictor(pre.save(tmp_path / "pre.pt"))
+    np.testing.assert_allclose(q.predict(graphs), pre.predict(graphs), rtol=1e-5)
+    # The pretraining seconds count in the fit's time.
+    assert pre.summary["train_seconds"] >= pre.summary["pretrain"]["train_seconds"]
+
+
+def test_pretraining_drops_measured_networks_and_needs_the_residual(labelled, tmp_path):
+    graphs, y = labelled
+    # A "structure set" made of the training networks themselves: every one is dropped.
+    same = tmp_path / "same.jsonl.gz"
+    with gzip.open(same, "wt") as f:
+        for i, g in enumerate(graphs):
+            f.write(json.dumps({"kind": "structure", "spec_id": f"s{i}", "graph": g.to_dict()}) + "\n")
+    p = NARFormerLatency(**TINY, pretrain=same)
+    with pytest.raises(ValueError, match="no network of the structure set"):
+        p.fit(graphs, y, val=(graphs[:3], y[:3]), seed=0)
+    q = NARFormerLatency(model=TINY["model"], train={**TINY["train"], "target": "log"}, pretrain=same)
+    with pytest.raises(ValueError, match="residual target"):
+        q.fit(graphs, y, seed=0)
+
+
+def test_cli_structure_set_and_bench_option(tmp_path, capsys):
+    out = tmp_path / "s.jsonl.gz"
+    measured = tmp_path / "m.jsonl.gz"
+    spec = zoo.sample_specs(1, 3, ("squeezenet",))[0]
+    with gzip.open(measured, "wt") as f:
+        f.write(json.dumps({"spec_id": zoo.spec_id(spec), "graph": {}, "median_ms": 1.0}) + "\n")
+    rc = cli_main(["latency", "structure-set", "--out", str(out), "--n", "2", "--seed", "3",
+                   "--exclude", str(measured), "--quiet", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["written"] == 2 and res["excluded_measured"] == 1
+    assert zoo.spec_id(spec) not in {json.loads(line)["spec_id"] for line in gzip.open(out, "rt")}
+    rc = cli_main(["bench", "latency", "--dataset", str(measured), "--pretrain", str(tmp_path / "none.gz"), "--json"])
+    assert rc != 0
+    assert "no structure set" in capsys.readouterr().err
