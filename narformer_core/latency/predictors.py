@@ -475,30 +475,31 @@ class NARFormerLatency(LatencyPredictor):
             tg, ty = renumbered_twins(tg, ty, cfg.twins, seed)
         train_tokens, val_tokens = self._tokens(tg), self._tokens(vg)
         off_train, off_val = self._offsets(tg), self._offsets(vg)
-        pre = self._pretrain_data(tg, ty, cfg) if self.pretrain else None
+        init, pre_run = None, None
+        if self.pretrain:
+            # One pretraining (member 0's seed); every member fine-tunes from its weights, so an
+            # ensemble costs one pretraining plus K fine-tunings, and member 0 is the single fit.
+            pre_tokens, pre_ms, pre_off = self._pretrain_data(tg, ty, cfg)
+            pre_net, _, pre_run = train_token_model(
+                self.model_config(), pre_tokens, pre_ms, val_tokens, vy, replace(cfg, epochs=int(cfg.pretrain_epochs)),
+                offset_train=pre_off, offset_val=off_val, progress=progress, desc="NAR-Former latency (pretraining)",
+                target=LatencyTarget.fit(cfg.target, ty, off_train))
+            init = pre_net.state_dict()
+            pre_run = {**{k: pre_run[k] for k in ("val_mape", "selected", "selected_epoch", "train_seconds",
+                                                  "history")}, "networks": len(pre_ms)}
+            del pre_tokens, pre_net
         nets, runs = [], []
         for j in range(self.members):
             # Member 0 is exactly the single fit; the others differ only in their initial seed.
-            mcfg = replace(cfg, seed=cfg.seed + 1000 * j)
-            name = f"NAR-Former latency {j + 1}/{self.members}" if self.members > 1 else "NAR-Former latency"
-            init, pre_run = None, None
-            if pre is not None:
-                pre_tokens, pre_ms, pre_off = pre
-                target = LatencyTarget.fit(cfg.target, ty, off_train)
-                pre_net, _, pre_run = train_token_model(
-                    self.model_config(), pre_tokens, pre_ms, val_tokens, vy,
-                    replace(mcfg, epochs=int(cfg.pretrain_epochs)), offset_train=pre_off, offset_val=off_val,
-                    progress=progress, desc=name + " (pretraining)", target=target)
-                init = pre_net.state_dict()
             net, self.target, run = train_token_model(
-                self.model_config(), train_tokens, ty, val_tokens, vy, mcfg,
-                offset_train=off_train, offset_val=off_val, progress=progress, desc=name, init_state=init)
-            if pre_run is not None:
-                run = {**run, "pretrain": {k: pre_run[k] for k in ("val_mape", "selected", "selected_epoch",
-                                                                   "train_seconds", "history")},
-                       "train_seconds": round(run["train_seconds"] + pre_run["train_seconds"], 1)}
+                self.model_config(), train_tokens, ty, val_tokens, vy, replace(cfg, seed=cfg.seed + 1000 * j),
+                offset_train=off_train, offset_val=off_val, progress=progress, init_state=init,
+                desc=f"NAR-Former latency {j + 1}/{self.members}" if self.members > 1 else "NAR-Former latency")
             nets.append(net)
             runs.append(run)
+        if pre_run is not None:
+            runs[0] = {**runs[0], "pretrain": pre_run,
+                       "train_seconds": round(runs[0]["train_seconds"] + pre_run["train_seconds"], 1)}
         self.summary = runs[0]
         if self.members > 1:
             from ..model import NARFormerEnsemble
@@ -509,10 +510,11 @@ class NARFormerLatency(LatencyPredictor):
                             "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)}
         else:
             self.net = nets[0]
-        if pre is not None:
-            self.meta["pretrain"] = {"set": Path(self.pretrain).name, "networks": len(pre[1]),
-                                     "epochs": int(cfg.pretrain_epochs),
-                                     "val_mape": [r["pretrain"]["val_mape"] for r in runs]}
+        if pre_run is not None:
+            self.meta["pretrain"] = {"set": Path(self.pretrain).name, "networks": pre_run["networks"],
+                                     "epochs": int(cfg.pretrain_epochs), "val_mape": pre_run["val_mape"],
+                                     "selected_epoch": pre_run["selected_epoch"],
+                                     "val_history": [round(h["val_mape_raw"], 3) for h in pre_run["history"]]}
         self.meta.update({"n_train": n_train, "n_val": len(vg), "twins": cfg.twins, "node_raw": self.node_raw,
                           "members": self.members, "member_val_mape": self.summary.get("member_val_mape"),
                           "val_mape": self.summary["val_mape"], "selected": self.summary["selected"],
