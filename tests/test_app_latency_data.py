@@ -176,7 +176,8 @@ def test_the_lab_scores_a_predictor_on_the_networks_it_held_out(env, monkeypatch
     train = [i for i in range(30) if i not in test]
     p = make_predictor("flops").fit([graphs[i] for i in train], y[train])
     p.meta.update({"dataset": "assets/latency/mini.jsonl.gz", "n_networks": 30, "test_indices": test,
-                   "column": "median_ms", "platform_key": records[0]["platform_key"]})
+                   "column": "median_ms", "platform_key": records[0]["platform_key"],
+                   "pretrain": {"set": "zoo5000_seed16.jsonl.gz", "networks": 5000}})
     p.save(lat_dir / "flops.pt")
     monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
     at = page(LAB).run()
@@ -185,6 +186,7 @@ def test_the_lab_scores_a_predictor_on_the_networks_it_held_out(env, monkeypatch
     expected = mape(p.predict([graphs[i] for i in test]), y[test])
     assert metric(at, "MAPE") == f"{expected:.1f} %"
     assert "never saw while training (of 30)" in " ".join(c.value for c in at.caption)
+    assert "Pretrained on 5,000 unmeasured zoo networks" in " ".join(c.value for c in at.caption)
     # Without its test list the same predictor is scored on every network, and says so.
     p.meta.pop("test_indices")
     p.save(lat_dir / "flops.pt")
