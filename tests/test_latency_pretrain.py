@@ -138,3 +138,29 @@ def test_cli_structure_set_and_bench_option(tmp_path, capsys):
     rc = cli_main(["bench", "latency", "--dataset", str(measured), "--pretrain", str(tmp_path / "none.gz"), "--json"])
     assert rc != 0
     assert "no structure set" in capsys.readouterr().err
+
+
+def test_leave_one_family_out_folds_leave_the_family_out_of_pretraining(labelled, structure_set):
+    from narformer_core.latency.train_latency import latency_bench
+
+    only = load_structures(structure_set, ("alexnet",))
+    assert len(only) == 2 and len(load_structures(structure_set)) == 4
+    graphs, y = labelled
+    seen = []
+
+    class Spy:
+        """Records which families each fit was told to leave out of its pretraining."""
+        def __init__(self):
+            self.pretrain_exclude_families = set()
+            self.meta = {}
+
+        def fit(self, g, ms, seed=0):
+            seen.append(set(self.pretrain_exclude_families))
+            self.level = float(np.exp(np.log(ms).mean()))
+            return self
+
+        def predict(self, g):
+            return np.full(len(g), self.level)
+
+    latency_bench(graphs, y, ["a"] * 6 + ["b"] * 6, {"spy": Spy}, seed=0, lofo=True, progress=False)
+    assert sorted(map(sorted, seen)) == [[], ["a"], ["b"]]

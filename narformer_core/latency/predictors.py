@@ -342,6 +342,9 @@ class NARFormerLatency(LatencyPredictor):
         # measured labels. Why: ~1,600 measured networks are few for it (it overfits in 10-16
         # epochs), and the zoo can draw as many more as wanted for the price of a graph export.
         self.pretrain = None if pretrain is None else str(pretrain)
+        # Families whose networks the pretraining leaves out (set by the benchmark's
+        # leave-one-family-out folds to the held-out family; not saved: it is about one fit).
+        self.pretrain_exclude_families: set[str] = set()
         if offset not in OFFSETS:
             raise ValueError(f"unknown residual offset {offset!r}; use one of {', '.join(OFFSETS)}")
         # What the residual target is measured from: "flops" (the FLOPs regression) or "opcost"
@@ -512,6 +515,7 @@ class NARFormerLatency(LatencyPredictor):
             self.net = nets[0]
         if pre_run is not None:
             self.meta["pretrain"] = {"set": Path(self.pretrain).name, "networks": pre_run["networks"],
+                                     "excluded_families": sorted(self.pretrain_exclude_families),
                                      "epochs": int(cfg.pretrain_epochs), "val_mape": pre_run["val_mape"],
                                      "selected_epoch": pre_run["selected_epoch"],
                                      "val_history": [round(h["val_mape_raw"], 3) for h in pre_run["history"]]}
@@ -530,7 +534,7 @@ class NARFormerLatency(LatencyPredictor):
 
         if cfg.target != "residual" or self.offset_model is None:
             raise ValueError("pretraining needs the residual target (its proxy is measured from the same offset)")
-        graphs = load_structures(self.pretrain)
+        graphs = load_structures(self.pretrain, tuple(self.pretrain_exclude_families))
         seen = {g.stable_hash() for g in tg}
         graphs = [g for g in graphs if g.stable_hash() not in seen]    # a measured network is learnt from its label
         if not graphs:

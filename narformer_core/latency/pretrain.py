@@ -87,8 +87,9 @@ def build_structure_set(out: str | os.PathLike, n: int, *, seed: int, exclude: S
             "excluded_measured": len(banned), "range": [int(start), stop], "seed": seed}
 
 
-def load_structures(path: str | os.PathLike) -> list[ArchGraph]:
-    """The graphs of a structure set (or of any data set file: its graphs, labels ignored)."""
+def load_structures(path: str | os.PathLike, exclude_families: Sequence[str] = ()) -> list[ArchGraph]:
+    """The graphs of a structure set (or of any data set file: its graphs, labels ignored),
+    without those of ``exclude_families`` (a leave-one-family-out fold's held-out family)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no structure set at {path}")
@@ -102,7 +103,7 @@ def load_structures(path: str | os.PathLike) -> list[ArchGraph]:
     for i, r in enumerate(records):
         if "graph" not in r or "spec_id" not in r:
             raise DatasetError(f"{path} line {i + 1} is not a structure record: it lacks a graph or spec_id")
-        if r["spec_id"] in seen:          # two halves joined twice, say: count each network once
+        if r["spec_id"] in seen or r.get("family") in exclude_families:   # (halves joined twice: once)
             continue
         seen.add(r["spec_id"])
         graphs.append(ArchGraph.from_dict(r["graph"]))
