@@ -8,6 +8,8 @@
         --out assets/latency/zoo_cpu_retest.jsonl.gz
     python -m narformer_core latency summary assets/latency/zoo_cpu.jsonl.gz
     python -m narformer_core latency train --dataset assets/latency/zoo_cpu.jsonl.gz --out assets/latency/narformer_latency.pt
+    python -m narformer_core latency structure-set --n 5000 --seed 16 --exclude assets/latency/zoo2000_s14.jsonl.gz \
+        --out assets/latency/pretrain/zoo5000_seed16.jsonl.gz     # unmeasured networks for --pretrain
     python -m narformer_core bench latency --json [--dataset ...] [--nb201 --devices gold_6226,pixel3]
 
 Registered by ``cli.py`` through ``register(subparsers, bench_parser)``.
