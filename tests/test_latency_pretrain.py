@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+
+from test_latency_predictors import conv_net
 
 from narformer_core.cli import main as cli_main
 from narformer_core.latency import dataset as ds
@@ -17,14 +18,6 @@ from narformer_core.onnx_import import from_torch
 TINY = {"model": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": (1, 1, 1, 1), "head_hidden": 64,
                   "dropout": 0.0},
         "train": {"epochs": 3, "batch_size": 8, "lr": 2e-3, "pretrain_epochs": 2}}
-
-
-def conv_net(width: int, depth: int, kernel: int) -> nn.Module:
-    layers, c = [], 3
-    for _ in range(depth):
-        layers += [nn.Conv2d(c, width, kernel, padding=kernel // 2), nn.ReLU()]
-        c = width
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)).eval()
 
 
 @pytest.fixture(scope="module")

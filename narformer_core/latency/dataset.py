@@ -77,6 +77,23 @@ def _read_lines(path: Path) -> tuple[list[dict], bool]:
     return out, damaged
 
 
+def read_complete_lines(path: Path) -> list[dict]:
+    """Every complete record of an existing file; a damaged last line is skipped with a warning."""
+    records, damaged = _read_lines(path)
+    if damaged:
+        warnings.warn(f"{path}: the last line is incomplete (an interrupted build?); it was skipped")
+    return records
+
+
+def structure_fields(spec: Mapping, graph: ArchGraph, networks) -> dict:
+    """The fields of a record that describe the network itself (no timing)."""
+    from ..features import static_features
+
+    return {"schema": SCHEMA, "spec_id": networks.spec_id(spec), "family": spec["family"], "spec": dict(spec),
+            "description": networks.describe(spec), "graph": graph.to_dict(), "graph_hash": graph.stable_hash(),
+            "n_nodes": len(graph), "static": static_features(graph)}
+
+
 def load_records(path: str | os.PathLike, require_graph: bool = True) -> list[dict]:
     """Every complete record of a data set file (a damaged last line is skipped with a warning).
 
@@ -86,9 +103,7 @@ def load_records(path: str | os.PathLike, require_graph: bool = True) -> list[di
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no latency data set at {path}")
-    records, damaged = _read_lines(path)
-    if damaged:
-        warnings.warn(f"{path}: the last line is incomplete (an interrupted build?); it was skipped")
+    records = read_complete_lines(path)
     for i, r in enumerate(records):
         missing = [k for k in ("spec_id", "graph", "median_ms") if k not in r
                    and (require_graph or k != "graph")]
@@ -220,7 +235,6 @@ def measure_spec(spec: Mapping, measure: Mapping | None = None, networks=None) -
     ``networks``: the module that builds the spec (``export_onnx``, ``spec_id``, ``describe``);
     the zoo by default, ``latency.outside_zoo`` for the families outside it.
     """
-    from ..features import static_features
     from ..onnx_import import load_onnx
     from .measure import measure_onnx, platform_key
 
@@ -238,11 +252,8 @@ def measure_spec(spec: Mapping, measure: Mapping | None = None, networks=None) -
     timed_cpu = int(opts["threads"]) == 1 and bool(opts.get("cpu_time", True))
     cpu = cpu_time_ms(data, repeats=max(10, int(opts["repeats"]) // 2)) if timed_cpu else {}
     del data
-    gd = graph.to_dict()
     record = {
-        "schema": SCHEMA, "spec_id": networks.spec_id(spec), "family": spec["family"], "spec": dict(spec),
-        "description": networks.describe(spec), "graph": gd, "graph_hash": graph.stable_hash(),
-        "n_nodes": len(graph), "static": static_features(graph),
+        **structure_fields(spec, graph, networks),
         "median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "std_ms": m.std_ms, "mean_ms": m.mean_ms,
         "min_ms": m.min_ms, "p90_ms": m.p90_ms, "repeats": m.repeats, "platform": m.platform,
         "platform_key": platform_key(m.platform), "measured_at": m.measured_at,

@@ -21,23 +21,19 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..graph import ArchGraph
-from .dataset import SCHEMA, DatasetError, _append, _open_for_append, _read_lines
+from .dataset import DatasetError, _append, _open_for_append, _read_lines, read_complete_lines, structure_fields
 
 KIND = "structure"
 
 
 def structure_record(spec: Mapping, networks=None) -> tuple[dict, ArchGraph]:
     """Export and import one spec (no timing) -> (record, graph)."""
-    from ..features import static_features
     from ..onnx_import import load_onnx
 
     if networks is None:
         from . import zoo as networks
     graph = load_onnx(networks.export_onnx(spec), max_bytes=None)
-    record = {"schema": SCHEMA, "kind": KIND, "spec_id": networks.spec_id(spec), "family": spec["family"],
-              "spec": dict(spec), "description": networks.describe(spec), "graph": graph.to_dict(),
-              "graph_hash": graph.stable_hash(), "n_nodes": len(graph), "static": static_features(graph)}
-    return record, graph
+    return {**structure_fields(spec, graph, networks), "kind": KIND}, graph
 
 
 def excluded_spec_ids(paths: Sequence[str | os.PathLike]) -> set[str]:
@@ -93,10 +89,7 @@ def load_structures(path: str | os.PathLike, exclude_families: Sequence[str] = (
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"no structure set at {path}")
-    records, damaged = _read_lines(path)
-    if damaged:
-        import warnings
-        warnings.warn(f"{path}: the last line is incomplete (an interrupted build?); it was skipped")
+    records = read_complete_lines(path)
     if not records:
         raise DatasetError(f"{path} holds no networks")
     seen, graphs = set(), []
