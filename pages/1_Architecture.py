@@ -146,6 +146,12 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
         st.warning(f"{predictor.name} never saw these operator types in training: {', '.join(unseen)}. "
                    "Expect a larger error than on the zoo families it was trained on (measured on "
                    "families outside the zoo: `assets/latency/README.md`, \"Outside the zoo\").")
+        other = [n for n in names if n != path.name and "unpretrained" in n]
+        if predictor.meta.get("pretrain") and other:
+            # Measured: pretraining on the zoo's unmeasured networks costs ~1 point of MAPE on
+            # held-out families (assets/latency/README.md, "Session 16").
+            st.info(f"{path.name} was pretrained on zoo networks, which helps on the zoo's families and "
+                    f"hurts on others; `{other[0]}` (pick it above) is the better choice for this network.")
     c1, c2 = st.columns(2)
     c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from "
               f"{plat or 'an unrecorded platform'}, statistic `{column}`")

@@ -277,3 +277,12 @@ def test_latency_prediction_names_operator_types_the_predictor_never_saw(at, onn
     warning = [w.value for w in at.warning if "never saw these operator types" in w.value]
     assert len(warning) == 1 and missing in warning[0]
     assert any(m.label == "Predicted latency" for m in at.metric)
+    assert not any("unpretrained" in i.value for i in at.info)
+    # A pretrained checkpoint beside an unpretrained one points to it for such a network.
+    p.meta["pretrain"] = {"set": "zoo5000_seed16.jsonl.gz", "networks": 5000}
+    p.save(lat_dir / "nar.pt")
+    p.meta.pop("pretrain")
+    p.save(lat_dir / "nar_unpretrained.pt")
+    at.run()
+    no_exception(at)
+    assert any("`nar_unpretrained.pt` (pick it above)" in i.value for i in at.info)
