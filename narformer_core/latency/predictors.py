@@ -575,7 +575,7 @@ class NARFormerLatency(LatencyPredictor):
                            "train": _plain(self.train_overrides), "static_raw": self.static_raw,
                            "static_codes": self.static_codes, "offset": self.offset,
                            "scheme": self.scheme, "node_raw": self.node_raw, "members": self.members,
-                           "known_ops": self.known_ops, "pretrain": self.meta.get("pretrain")},
+                           "known_ops": self.known_ops},
                 # One network: "state_dict". An ensemble: its first member there, the rest in
                 # "member_state_dicts" (so a file reads the same way either way).
                 "state_dict": self._member_nets()[0].state_dict(),
