@@ -237,12 +237,17 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     pretrain = getattr(args, "pretrain", None)
     if pretrain and not Path(pretrain).is_file():
         raise UserError(f"--pretrain: no structure set at {pretrain}")
+    teacher = getattr(args, "pretrain_teacher", None)
+    if teacher and not pretrain:
+        raise UserError("--pretrain-teacher labels the networks of --pretrain STRUCTURE_SET: give both")
+    if teacher and not Path(teacher).is_file():
+        raise UserError(f"--pretrain-teacher: no checkpoint at {teacher}")
     names = {"narformer": "NAR-Former", "flops": "FLOPs regression", "nnlp": "NNLP GNN", "opcost": "operator-cost sum"}
     make = {
         "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
                                              static_raw=static_raw, scheme=scheme, node_raw=node_raw,
                                              members=members, offset=offset, static_codes=static_codes,
-                                             pretrain=pretrain),
+                                             pretrain=pretrain, pretrain_teacher=teacher),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
         "opcost": lambda: make_predictor("opcost"),
@@ -259,12 +264,19 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
                  + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else [])
                  + ([f"offset={offset}-shrink{DEFAULT_SHRINK}"] if offset == "opcost" else [])
                  + (["no_static_codes"] if not static_codes else [])
-                 + ([f"pretrain={Path(pretrain).name}:{Path(pretrain).stat().st_size}"] if pretrain else []))
+                 + ([f"pretrain={Path(pretrain).name}:{Path(pretrain).stat().st_size}"] if pretrain else [])
+                 + ([f"teacher={_file_digest(teacher)}"] if teacher else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
                    "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": f"nnls-relative-shrink{DEFAULT_SHRINK}"}
     if fingerprints is not None:
         fingerprints.update({names[k]: fingerprint[k] for k in kinds})
     return {names[k]: make[k] for k in kinds}
+
+
+def _file_digest(path) -> str:
+    """Name and content hash of a file: a fits-cache key that changes when the file does."""
+    import hashlib
+    return f"{Path(path).name}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
 
 
 def cmd_train_latency(args) -> int:
@@ -426,6 +438,11 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
               help="NAR-Former latency: pretrain on these unmeasured networks (latency structure-set), their "
                    "latency from the operator-cost sum fitted on the training networks, then fine-tune "
                    "(epochs: pretrain_epochs in --narformer-json, default 8)")
+    _add_once(p, "--pretrain-teacher", default=None, metavar="CHECKPOINT",
+              help="NAR-Former latency, with --pretrain: the pretraining networks' latency is this "
+                   "checkpoint's prediction instead of the operator-cost sum (self-training). It must have "
+                   "been fitted on the same training networks (checked), e.g. a --save-in-domain file "
+                   "of the same bench seed")
     _add_once(p, "--narformer-json", default=None, help="NAR-Former latency training overrides (JSON)")
     _add_once(p, "--nnlp-json", default=None, help="NNLP GNN options (JSON), e.g. '{\"width\": 256}'")
 

@@ -157,3 +157,46 @@ def test_leave_one_family_out_folds_leave_the_family_out_of_pretraining(labelled
 
     latency_bench(graphs, y, ["a"] * 6 + ["b"] * 6, {"spy": Spy}, seed=0, lofo=True, progress=False)
     assert sorted(map(sorted, seen)) == [[], ["a"], ["b"]]
+
+
+def test_teacher_labels_the_pretraining_networks_only_from_its_own_split(labelled, structure_set, tmp_path):
+    graphs, y = labelled
+    val = (graphs[:3], y[:3])
+    train = (graphs[3:], y[3:])
+    teacher = NARFormerLatency(**TINY).fit(*train, val=val, seed=0)
+    tpath = teacher.save(tmp_path / "teacher.pt")
+    student = NARFormerLatency(**TINY, pretrain=structure_set, pretrain_teacher=tpath).fit(*train, val=val, seed=0)
+    info = student.meta["pretrain"]
+    assert info["proxy"] == "teacher teacher.pt" and info["networks"] == 4
+    # The teacher's numbers, not the cost sum's, are what it pretrained on: it differs from a
+    # student whose proxy is the operator-cost sum (same seed, same measured data).
+    costsum = NARFormerLatency(**TINY, pretrain=structure_set).fit(*train, val=val, seed=0)
+    assert costsum.meta["pretrain"]["proxy"] == "operator-cost sum"
+    assert not np.allclose(student.predict(graphs), costsum.predict(graphs), rtol=1e-4)
+    # A teacher fitted on other training networks is refused: by fingerprint ...
+    other = NARFormerLatency(**TINY).fit(graphs[2:], y[2:], val=(graphs[:2], y[:2]), seed=0)
+    opath = other.save(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other training networks"):
+        NARFormerLatency(**TINY, pretrain=structure_set, pretrain_teacher=opath).fit(*train, val=val, seed=0)
+    # ... and, for checkpoints from before the fingerprint, by its recorded validation figure.
+    legacy = load_predictor(opath)
+    del legacy.meta["train_fingerprint"]
+    legacy.meta["n_train"] = len(train[0])
+    lpath = legacy.save(tmp_path / "legacy.pt")
+    with pytest.raises(ValueError, match="another split"):
+        NARFormerLatency(**TINY, pretrain=structure_set, pretrain_teacher=lpath).fit(*train, val=val, seed=0)
+    same = load_predictor(tpath)
+    del same.meta["train_fingerprint"]
+    spath = same.save(tmp_path / "same_legacy.pt")
+    ok = NARFormerLatency(**TINY, pretrain=structure_set, pretrain_teacher=spath).fit(*train, val=val, seed=0)
+    np.testing.assert_allclose(ok.predict(graphs), student.predict(graphs), rtol=1e-5)
+    with pytest.raises(ValueError, match="needs a structure set"):
+        NARFormerLatency(**TINY, pretrain_teacher=tpath)
+
+
+def test_cli_teacher_needs_a_structure_set(tmp_path, capsys):
+    measured = tmp_path / "m.jsonl.gz"
+    measured.write_bytes(b"")
+    rc = cli_main(["bench", "latency", "--dataset", str(measured), "--pretrain-teacher", str(tmp_path / "t.pt"),
+                   "--json"])
+    assert rc != 0 and "give both" in capsys.readouterr().err
