@@ -66,6 +66,24 @@ def test_fit_beats_constant_and_round_trips(kind, opts, measured, tmp_path):
     np.testing.assert_allclose(q.predict(graphs), pred, rtol=1e-5)
 
 
+def test_graph_network_ensemble_averages_members_and_round_trips(measured, tmp_path):
+    graphs, y = measured
+    opts = {**TINY_NNLP, "epochs": 8}
+    single = make_predictor("nnlp", **opts).fit(graphs, y, seed=0)
+    pair = make_predictor("nnlp", **opts, members=2).fit(graphs, y, seed=0)
+    assert pair.meta["members"] == 2 and len(pair.meta["member_val_mape"]) == 2
+    assert pair.meta["member_val_mape"][0] == pytest.approx(single.meta["val_mape"])
+    # Member 0 is the single fit; the ensemble is the geometric mean of both members.
+    z = [np.log(np.exp(m._predict_z(n, graphs) * m.y_sd + m.y_mu)) for m, n in ((pair, pair.nets[0]), (pair, pair.nets[1]))]
+    np.testing.assert_allclose(np.exp(z[0]), single.predict(graphs), rtol=1e-5)
+    np.testing.assert_allclose(pair.predict(graphs), np.exp((z[0] + z[1]) / 2), rtol=1e-5)
+    q = load_predictor(pair.save(tmp_path / "pair.pt"))
+    assert len(q.nets) == 2
+    np.testing.assert_allclose(q.predict(graphs), pair.predict(graphs), rtol=1e-5)
+    with pytest.raises(ValueError, match="members"):
+        make_predictor("nnlp", **opts, members=0).fit(graphs, y, seed=0)
+
+
 def test_narformer_targets_and_validation_set(measured):
     graphs, y = measured
     for target in ("residual", "ms"):

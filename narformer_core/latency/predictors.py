@@ -792,7 +792,7 @@ class GraphNet(nn.Module):
 
 NNLP_DEFAULTS = {"width": 512, "layers": 2, "head_hidden": 256, "dropout": 0.05, "epochs": 100,
                  "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "ema_decay": 0.99, "warmup": 0.05,
-                 "eval_every": 2, "threads": 1}
+                 "eval_every": 2, "threads": 1, "members": 1}
 
 
 class NNLPGraphNet(LatencyPredictor):
@@ -806,6 +806,7 @@ class NNLPGraphNet(LatencyPredictor):
             raise ValueError(f"unknown NNLP options {sorted(unknown)}; known: {sorted(NNLP_DEFAULTS)}")
         self.opt = {**NNLP_DEFAULTS, **options}
         self.net: GraphNet | None = None
+        self.nets: list[GraphNet] = []     # every member; net is the first
         self.static_mu = self.static_sd = None
         self.y_mu, self.y_sd = 0.0, 1.0
         self.summary: dict = {}
@@ -828,8 +829,6 @@ class NNLPGraphNet(LatencyPredictor):
         return np.concatenate(out)
 
     def fit(self, graphs, latencies_ms, val=None, seed=0, progress=False):
-        from ..train import ema_update, lr_factor, param_groups
-
         graphs = _check_graphs(graphs)
         y = _check_ms(latencies_ms, len(graphs))
         tg, ty, vg, vy = self._prepare_val(graphs, y, val, seed)
@@ -843,6 +842,32 @@ class NNLPGraphNet(LatencyPredictor):
         feats = np.concatenate([_cached("gnn", g, gnn_node_features)[0] for g in tg])
         from ..network_tokenizer import OP_TYPES
         n_num = (feats.shape[1] - len(OP_TYPES)) // 2
+        self.n_feat, self.n_num = feats.shape[1], n_num
+        if int(o["members"]) < 1:
+            raise ValueError(f"members must be at least 1, got {o['members']}")
+        # Several networks from other initial seeds, averaged in log space (a geometric mean of
+        # ms), as NAR-Former's ensembles: so the two can be compared at the same training cost.
+        nets, runs = [], []
+        for j in range(int(o["members"])):
+            net, run = self._train_one(tg, z, vg, vy, feats, n_num, seed + 1000 * j, progress)
+            nets.append(net)
+            runs.append(run)
+        self.nets = nets
+        self.net = nets[0]
+        self.summary = dict(runs[0])
+        if len(nets) > 1:
+            self.summary.update({"val_mape": mape(self.predict(vg), vy),
+                                 "member_val_mape": [r["val_mape"] for r in runs],
+                                 "train_seconds": round(sum(r["train_seconds"] for r in runs), 1)})
+        self.meta.update({"n_train": len(tg), "n_val": len(vg), "members": len(nets), **self.summary})
+        return self
+
+    def _train_one(self, tg, z, vg, vy, feats, n_num, seed, progress):
+        """One graph network trained from ``seed``; its best epoch (raw or EMA) on validation."""
+        from ..network_tokenizer import OP_TYPES
+        from ..train import ema_update, lr_factor, param_groups
+
+        o = self.opt
         num = feats[:, len(OP_TYPES):len(OP_TYPES) + n_num]
         torch.manual_seed(seed)
         net = GraphNet(feats.shape[1], n_num, o["width"], o["layers"], 4, o["head_hidden"], o["dropout"])
@@ -887,23 +912,20 @@ class NNLPGraphNet(LatencyPredictor):
         if bar:
             bar.close()
         net.load_state_dict(best["state"])
-        self.net = net.eval()
-        self.n_feat, self.n_num = feats.shape[1], n_num
-        self.summary = {"val_mape": best["mape"], "selected": best["which"], "selected_epoch": best["epoch"],
-                        "train_seconds": round(time.perf_counter() - t0, 1)}
-        self.meta.update({"n_train": len(tg), "n_val": len(vg), **self.summary})
-        return self
+        return net.eval(), {"val_mape": best["mape"], "selected": best["which"], "selected_epoch": best["epoch"],
+                            "train_seconds": round(time.perf_counter() - t0, 1)}
 
     def predict(self, graphs):
         if self.net is None:
             raise ValueError("the NNLP graph network is not fitted")
         graphs = _check_graphs(graphs)
-        return _finite_ms(np.exp(np.clip(self._predict_z(self.net, graphs) * self.y_sd + self.y_mu, -30, 30)),
-                          self.name)
+        z = np.mean([self._predict_z(m, graphs) for m in self.nets], axis=0)
+        return _finite_ms(np.exp(np.clip(z * self.y_sd + self.y_mu, -30, 30)), self.name)
 
     def _state(self):
         return {"config": {"options": dict(self.opt), "n_feat": self.n_feat, "n_num": self.n_num},
                 "state_dict": self.net.state_dict(), "target": {"mu": self.y_mu, "sd": self.y_sd},
+                "member_state_dicts": [m.state_dict() for m in self.nets[1:]],
                 "arrays": {"static_mu": torch.from_numpy(self.static_mu),
                            "static_sd": torch.from_numpy(self.static_sd)}}
 
@@ -912,11 +934,13 @@ class NNLPGraphNet(LatencyPredictor):
         self.opt = {**NNLP_DEFAULTS, **c["options"]}
         self.n_feat, self.n_num = c["n_feat"], c["n_num"]
         from ..predictors import checked_module
-        self.net = checked_module(lambda: GraphNet(self.n_feat, self.n_num, self.opt["width"], self.opt["layers"], 4,
-                                                   self.opt["head_hidden"], self.opt["dropout"]),
-                                  st["state_dict"], "the latency checkpoint", LatencyCheckpointError,
-                                  [self.opt["width"], self.opt["head_hidden"], self.n_feat, self.n_num],
-                                  [self.opt["layers"]])
+        self.nets = [checked_module(lambda: GraphNet(self.n_feat, self.n_num, self.opt["width"], self.opt["layers"], 4,
+                                                     self.opt["head_hidden"], self.opt["dropout"]),
+                                    sd, "the latency checkpoint", LatencyCheckpointError,
+                                    [self.opt["width"], self.opt["head_hidden"], self.n_feat, self.n_num],
+                                    [self.opt["layers"]])
+                     for sd in [st["state_dict"], *st.get("member_state_dicts", [])]]
+        self.net = self.nets[0]
         self.y_mu, self.y_sd = st["target"]["mu"], st["target"]["sd"]
         self.static_mu, self.static_sd = st["arrays"]["static_mu"].numpy(), st["arrays"]["static_sd"].numpy()
 
