@@ -558,6 +558,36 @@ def unseen_latency_ops(predictor, graph: ArchGraph) -> list[str]:
     return list(unseen(graph)) if callable(unseen) else []
 
 
+def latency_pretraining(meta: dict) -> list[dict]:
+    """The pretraining records of a latency checkpoint: its own, or those of the fits it was merged
+    from (``latency merge``), in order; empty when it was never pretrained."""
+    parts = [meta["pretrain"]] if isinstance(meta.get("pretrain"), dict) else []
+    parts += [m["pretrain"] for m in meta.get("merged_from") or []
+              if isinstance(m, dict) and isinstance(m.get("pretrain"), dict)]
+    return parts
+
+
+def pretraining_sentence(meta: dict) -> str | None:
+    """One sentence saying how a latency checkpoint was pretrained (None if it was not)."""
+    parts = latency_pretraining(meta)
+    if not parts:
+        return None
+
+    def what(pre: dict) -> str:
+        proxy = str(pre.get("proxy") or "operator-cost sum")
+        source = ("the operator-cost sum fitted on its training networks" if proxy == "operator-cost sum"
+                  else "a teacher ensemble fitted on the same training networks (self-training)")
+        return f"{int(pre.get('networks', 0)):,} unmeasured zoo networks (`{pre.get('set')}`; their latency from {source})"
+
+    if len(parts) == 1 and not meta.get("merged_from"):
+        return f"Pretrained on {what(parts[0])} before it was fitted to the measured ones."
+    merged = meta.get("merged_from") or []
+    return (f"An ensemble of {meta.get('members', '?')} networks from {len(merged)} fits on the same training "
+            "networks: " + "; ".join(f"{m.get('members', '?')} pretrained on {what(m['pretrain'])}"
+                                     if isinstance(m.get("pretrain"), dict) else f"{m.get('members', '?')} not pretrained"
+                                     for m in merged) + ".")
+
+
 def cost_breakdown(predictor, graph: ArchGraph) -> list[dict] | None:
     """The operator-cost sum's estimate per operator kind of ``graph``, when ``predictor`` has one
     (the "opcost" kind, or NAR-Former with ``offset="opcost"``, whose residual multiplies it)."""

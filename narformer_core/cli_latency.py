@@ -194,6 +194,21 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .latency.predictors import LatencyCheckpointError, merge_narformer_ensembles
+
+    try:
+        merged = merge_narformer_ensembles(args.checkpoints)
+    except (LatencyCheckpointError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.val_mape is not None:
+        merged.meta["val_mape"] = float(args.val_mape)
+    out = merged.save(args.out)
+    _print({"out": str(out), "members": merged.members, "merged_from": merged.meta["merged_from"],
+            "val_mape": merged.meta["val_mape"]}, args.json)
+    return 0
+
+
 # ------------------------------------------------------------------ training and benchmark
 def _json_arg(text: str | None, what: str) -> dict:
     if not text:
@@ -533,6 +548,15 @@ def register(sub, bench_parser) -> None:
     p.add_argument("dataset")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compact)
+
+    p = lsub.add_parser("merge", help="one NAR-Former ensemble from the members of checkpoints fitted on the same "
+                        "training networks (e.g. a self-trained student and its teacher)")
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--val-mape", type=float, default=None,
+                   help="the merged ensemble's validation MAPE, if measured (its parts' own stay recorded)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_merge)
 
     p = lsub.add_parser("train", help="train a latency predictor on the whole data set (10%% for "
                         "validation) and save its checkpoint")

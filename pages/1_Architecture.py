@@ -147,7 +147,7 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
                    "Expect a larger error than on the zoo families it was trained on (measured on "
                    "families outside the zoo: `assets/latency/README.md`, \"Outside the zoo\").")
         other = [n for n in names if n != path.name and "unpretrained" in n]
-        if predictor.meta.get("pretrain") and other:
+        if svc.latency_pretraining(predictor.meta) and other:
             # Measured: pretraining on the zoo's unmeasured networks costs ~1 point of MAPE on
             # held-out families (assets/latency/README.md, "Session 16").
             st.info(f"{path.name} was pretrained on zoo networks, which helps on the zoo's families and "

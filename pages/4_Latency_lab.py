@@ -164,11 +164,9 @@ else:
                 st.caption(f"{predictor.name} on every network of `{reference.name}` measured on `{plat}` "
                            f"(statistic `{column}`), the ones it was trained on included; held-out figures come "
                            "from `python -m narformer_core bench latency`.")
-            pre = predictor.meta.get("pretrain")
-            if isinstance(pre, dict) and pre.get("networks"):
-                st.caption(f"Pretrained on {pre['networks']:,} unmeasured zoo networks (`{pre.get('set')}`; their "
-                           "latency from the operator-cost sum fitted on its training networks) before it was "
-                           "fitted to the measured ones.")
+            pretrained = svc.pretraining_sentence(predictor.meta)
+            if pretrained:
+                st.caption(pretrained)
             st.plotly_chart(plots.pred_vs_truth(pred, meas, hover=zoo["description"].to_numpy()[rows],
                                                 x_title="measured (ms)", y_title="predicted (ms)", name="zoo networks"),
                             key="lat_zoo_scatter", width="stretch")

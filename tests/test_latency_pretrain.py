@@ -200,3 +200,47 @@ def test_cli_teacher_needs_a_structure_set(tmp_path, capsys):
     rc = cli_main(["bench", "latency", "--dataset", str(measured), "--pretrain-teacher", str(tmp_path / "t.pt"),
                    "--json"])
     assert rc != 0 and "give both" in capsys.readouterr().err
+
+
+def test_merging_a_student_and_its_teacher_averages_all_members(labelled, structure_set, tmp_path, capsys):
+    from narformer_core import app_services as svc
+    from narformer_core.latency.predictors import merge_narformer_ensembles
+
+    graphs, y = labelled
+    val, train = (graphs[:3], y[:3]), (graphs[3:], y[3:])
+    teacher = NARFormerLatency(**TINY, members=2).fit(*train, val=val, seed=0)
+    teacher.meta.update({"test_indices": [0, 1], "test_mape": 9.9})
+    tpath = teacher.save(tmp_path / "teacher.pt")
+    student = NARFormerLatency(**TINY, pretrain=structure_set, pretrain_teacher=tpath).fit(*train, val=val, seed=0)
+    student.meta["test_indices"] = [0, 1]
+    spath = student.save(tmp_path / "student.pt")
+    merged = merge_narformer_ensembles([tpath, spath])
+    assert merged.members == 3 and len(merged.member_predictions(graphs)) == 3
+    # All three networks averaged in log space: the weighted geometric mean of the two parts.
+    want = np.exp((2 * np.log(teacher.predict(graphs)) + np.log(student.predict(graphs))) / 3)
+    np.testing.assert_allclose(merged.predict(graphs), want, rtol=1e-5)
+    assert [m["members"] for m in merged.meta["merged_from"]] == [2, 1]
+    assert merged.meta["val_mape"] is None and "test_mape" not in merged.meta
+    assert merged.meta["test_indices"] == [0, 1]
+    assert svc.latency_pretraining(merged.meta) == [student.meta["pretrain"]]
+    sentence = svc.pretraining_sentence(merged.meta)
+    assert "3 networks from 2 fits" in sentence and "2 not pretrained" in sentence and "self-training" in sentence
+    assert "operator-cost sum" in svc.pretraining_sentence({"pretrain": {"set": "s", "networks": 4}})
+    assert svc.pretraining_sentence({}) is None
+    # The command line writes the merged file and records a measured validation figure.
+    out = tmp_path / "merged.pt"
+    assert cli_main(["latency", "merge", str(tpath), str(spath), "--out", str(out), "--val-mape", "4.2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == 3
+    q = load_predictor(out)
+    assert q.meta["val_mape"] == 4.2
+    np.testing.assert_allclose(q.predict(graphs), merged.predict(graphs), rtol=1e-5)
+    # Fits on other training networks, or scored on other test networks, do not merge.
+    other = NARFormerLatency(**TINY).fit(graphs[2:], y[2:], val=(graphs[:2], y[:2]), seed=0)
+    opath = other.save(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not fitted like|other training networks"):
+        merge_narformer_ensembles([tpath, opath])
+    student.meta["test_indices"] = [0, 2]
+    with pytest.raises(ValueError, match="other test networks"):
+        merge_narformer_ensembles([tpath, student.save(tmp_path / "s2.pt")])
+    assert cli_main(["latency", "merge", str(tpath), str(tmp_path / "none.pt"), "--out", str(out)]) != 0
+    assert "no latency checkpoint" in capsys.readouterr().err

@@ -998,3 +998,66 @@ def load_predictor(path) -> LatencyPredictor:
         raise LatencyCheckpointError(f"{path.name}: its meta data is a {type(meta).__name__}, not a table")
     p.meta = dict(meta)
     return p
+
+
+def _equal_state(a, b) -> bool:
+    """Exact equality of nested checkpoint tables (dicts, lists, tensors, arrays, numbers)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    return type(a) is type(b) and a == b
+
+
+def merge_narformer_ensembles(paths: Sequence[str | os.PathLike]) -> NARFormerLatency:
+    """One NAR-Former ensemble made of the members of several checkpoints of the same split.
+
+    Why: a self-trained student (``pretrain_teacher``) and its teacher were fitted on the same
+    training networks and differ in what they learnt first; averaging all their networks is an
+    ensemble like any other. They must share everything around the networks (tokens, features'
+    statistics, offset model, target scaling, model shape), so that one prediction path serves
+    every member; anything else is refused.
+    """
+    if len(paths) < 2:
+        raise ValueError("merging needs at least two checkpoints")
+    parts = [load_predictor(pth) for pth in paths]
+    first = parts[0]
+    for pth, q in zip(paths, parts):
+        if not isinstance(q, NARFormerLatency):
+            raise ValueError(f"{Path(pth).name} is not a NAR-Former latency checkpoint")
+    def same(a, b) -> bool:
+        sa, sb = a._state(), b._state()
+        keys = ("model", "static_raw", "static_codes", "offset", "scheme", "node_raw", "known_ops")
+        return (all(_equal_state(sa["config"][k], sb["config"][k]) for k in keys)
+                and all(_equal_state(sa[k], sb[k]) for k in ("target", "arrays", "offset")))
+    for pth, q in zip(paths[1:], parts[1:]):
+        if not same(first, q):
+            raise ValueError(f"{Path(pth).name} was not fitted like {Path(paths[0]).name} (other training "
+                             "networks, token scheme, features or model shape): their members cannot be averaged")
+        fa, fb = first.meta.get("train_fingerprint"), q.meta.get("train_fingerprint")
+        if fa and fb and fa != fb:
+            raise ValueError(f"{Path(pth).name} was fitted on other training networks than {Path(paths[0]).name}")
+        ta, tb = first.meta.get("test_indices"), q.meta.get("test_indices")
+        if ta is not None and tb is not None and list(ta) != list(tb):
+            raise ValueError(f"{Path(pth).name} was scored on other test networks than {Path(paths[0]).name}")
+    from ..model import NARFormerEnsemble
+    origin = [{"file": Path(pth).name, "members": q.members, "val_mape": q.meta.get("val_mape"),
+               **({"pretrain": q.meta["pretrain"]} if "pretrain" in q.meta else {})} for pth, q in zip(paths, parts)]
+    member_val = [v for q in parts for v in (q.meta.get("member_val_mape") or [q.meta.get("val_mape")])]
+    nets = [m for q in parts for m in q._member_nets()]
+    merged = first
+    merged.net = NARFormerEnsemble(nets).eval()
+    merged.members = len(nets)
+    # The merged ensemble's own validation figure is not known here (set it when measured).
+    # Figures of one part (its test score, its selected epoch) do not describe the whole.
+    kept = {k: v for k, v in first.meta.items()
+            if k not in ("test_mape", "test_acc10", "selected", "selected_epoch", "pretrain")}
+    merged.meta = {**kept, "members": len(nets), "val_mape": None, "member_val_mape": member_val,
+                   "train_seconds": round(sum(float(q.meta.get("train_seconds") or 0) for q in parts), 1),
+                   "merged_from": origin}
+    merged.meta.pop("pretrain", None)
+    return merged
