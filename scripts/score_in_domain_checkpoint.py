@@ -1,0 +1,68 @@
+"""Validation and test figures of in-domain latency checkpoints (``bench latency --save-in-domain``,
+or ``latency merge`` of such files), recomputed from the data set they name.
+
+The bench records which networks a fit was tested on (``test_indices``) and its split seed; the
+validation networks are the fit's own 10% of the rest (``_split_val``), so both sets can be rebuilt
+and a checkpoint made after the bench (a merged ensemble) scored exactly as the bench scores fits.
+Validation: MAPE over the 180 validation networks (what selection reads); test: the bench's mean
+over families of per-family MAPE and Acc(10%).
+
+    python scripts/score_in_domain_checkpoint.py CKPT [CKPT ...] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from narformer_core.latency.dataset import load_dataset  # noqa: E402
+from narformer_core.latency.predictors import _split_val, load_predictor  # noqa: E402
+from narformer_core.latency.train_latency import _scores, family_split  # noqa: E402
+from narformer_core.metrics import mape  # noqa: E402
+
+
+def score(path: str) -> dict:
+    p = load_predictor(path)
+    meta = p.meta
+    for key in ("dataset", "column", "bench_seed", "test_indices"):
+        if key not in meta:
+            raise SystemExit(f"{path}: not an in-domain bench checkpoint (no {key!r} in its metadata)")
+    records, graphs, y = load_dataset(meta["dataset"], column=meta["column"])
+    fam = np.array([r["family"] for r in records])
+    seed = int(meta["bench_seed"])
+    train, test = family_split(fam, seed)
+    if test.tolist() != list(meta["test_indices"]):
+        raise SystemExit(f"{path}: its test networks are not bench seed {seed}'s split of {meta['dataset']}")
+    _, val = _split_val(len(train), seed)
+    val = train[val]
+    pv = p.predict([graphs[i] for i in val])
+    pt = p.predict([graphs[i] for i in test])
+    per = _scores(pt, y[test], fam[test])
+    return {"checkpoint": str(path), "bench_seed": seed, "members": meta.get("members", 1),
+            "val_mape": round(mape(pv, y[val]), 3), "recorded_val_mape": meta.get("val_mape"),
+            "test_mape": round(float(np.mean([v["mape"] for v in per.values()])), 3),
+            "test_acc10": round(float(np.mean([v["acc10"] for v in per.values()])), 2), "per_family": per}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rows = [score(c) for c in args.checkpoints]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{Path(r['checkpoint']).name}: bench seed {r['bench_seed']}, {r['members']} network(s); "
+                  f"validation {r['val_mape']:.3f}%, test {r['test_mape']:.3f}% / Acc(10%) {r['test_acc10']:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
