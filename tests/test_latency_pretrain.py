@@ -234,6 +234,14 @@ def test_merging_a_student_and_its_teacher_averages_all_members(labelled, struct
     q = load_predictor(out)
     assert q.meta["val_mape"] == 4.2
     np.testing.assert_allclose(q.predict(graphs), merged.predict(graphs), rtol=1e-5)
+    # --half stores the weights as float16: a smaller file, the same predictions to ~1e-3.
+    small = tmp_path / "merged_half.pt"
+    assert cli_main(["latency", "merge", str(tpath), str(spath), "--out", str(small), "--half", "--json"]) == 0
+    capsys.readouterr()
+    assert small.stat().st_size < 0.75 * out.stat().st_size
+    h = load_predictor(small)
+    assert h.meta["weights_stored_as"] == "float16"
+    np.testing.assert_allclose(h.predict(graphs), merged.predict(graphs), rtol=1e-2)
     # Fits on other training networks, or scored on other test networks, do not merge.
     other = NARFormerLatency(**TINY).fit(graphs[2:], y[2:], val=(graphs[:2], y[:2]), seed=0)
     opath = other.save(tmp_path / "other.pt")

