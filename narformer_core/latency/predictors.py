@@ -1040,13 +1040,16 @@ def merge_narformer_ensembles(paths: Sequence[str | os.PathLike]) -> NARFormerLa
     for pth, q in zip(paths, parts):
         if not isinstance(q, NARFormerLatency):
             raise ValueError(f"{Path(pth).name} is not a NAR-Former latency checkpoint")
-    def same(a, b) -> bool:
-        sa, sb = a._state(), b._state()
-        keys = ("model", "static_raw", "static_codes", "offset", "scheme", "node_raw", "known_ops")
+    sa = first._state()
+    keys = ("model", "static_raw", "static_codes", "offset", "scheme", "node_raw", "known_ops")
+
+    def fitted_like_first(q) -> bool:
+        sb = q._state()
         return (all(_equal_state(sa["config"][k], sb["config"][k]) for k in keys)
                 and all(_equal_state(sa[k], sb[k]) for k in ("target", "arrays", "offset")))
+
     for pth, q in zip(paths[1:], parts[1:]):
-        if not same(first, q):
+        if not fitted_like_first(q):
             raise ValueError(f"{Path(pth).name} was not fitted like {Path(paths[0]).name} (other training "
                              "networks, token scheme, features or model shape): their members cannot be averaged")
         fa, fb = first.meta.get("train_fingerprint"), q.meta.get("train_fingerprint")
@@ -1070,5 +1073,4 @@ def merge_narformer_ensembles(paths: Sequence[str | os.PathLike]) -> NARFormerLa
     merged.meta = {**kept, "members": len(nets), "val_mape": None, "member_val_mape": member_val,
                    "train_seconds": round(sum(float(q.meta.get("train_seconds") or 0) for q in parts), 1),
                    "merged_from": origin}
-    merged.meta.pop("pretrain", None)
     return merged
