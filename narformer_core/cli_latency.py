@@ -7,6 +7,7 @@
     python -m narformer_core latency build-dataset --remeasure 200 --from assets/latency/zoo_cpu.jsonl.gz \
         --out assets/latency/zoo_cpu_retest.jsonl.gz
     python -m narformer_core latency summary assets/latency/zoo_cpu.jsonl.gz
+    python -m narformer_core latency calibrate --networks 20     # this machine's correction of the checkpoint
     python -m narformer_core latency train --dataset assets/latency/zoo_cpu.jsonl.gz --out assets/latency/narformer_latency.pt
     python -m narformer_core latency structure-set --n 5000 --seed 16 --exclude assets/latency/zoo2000_s14.jsonl.gz \
         --out assets/latency/pretrain/zoo5000_seed16.jsonl.gz     # unmeasured networks for --pretrain
@@ -100,7 +101,71 @@ def cmd_predict_latency(args) -> int:
            # Operator types none of the predictor's training networks had: expect a larger error.
            "unseen_ops": unseen_latency_ops(pred, graph),
            "predict_seconds": round(time.perf_counter() - t0, 4)}
+    out.update(_calibrated(args, ckpt, here, graph, ms, trained_on, out["same_platform_as_here"]))
     _print(out, args.json)
+    return 0
+
+
+def _calibrated(args, ckpt: Path, here: str, graph, ms: float, trained_on: str, same_platform: bool) -> dict:
+    """This machine's calibration of the checkpoint, applied (``latency calibrate`` fits one)."""
+    from .latency.calibration import CalibrationError, find_calibration
+
+    if args.no_calibration:
+        return {"calibration": None}
+    try:
+        cal = find_calibration(ckpt, here, args.calibration_dir)
+    except CalibrationError as e:
+        # A damaged or foreign file: say so and predict uncalibrated rather than fail.
+        return {"calibration": None, "calibration_error": str(e)}
+    if cal is None:
+        if same_platform:
+            return {"calibration": None}
+        return {"calibration": None,
+                "calibration_hint": f"predicted in {trained_on} milliseconds; time a few zoo networks here "
+                                    "with `python -m narformer_core latency calibrate` to predict this machine's"}
+    here_ms = float(cal.apply([ms], [graph])[0])
+    return {"latency_ms": round(here_ms, 4), "latency_ms_uncalibrated": round(ms, 4),
+            "calibration": {"platform_key": cal.platform_key, "networks": cal.n, "fitted_at": cal.fitted_at,
+                            "speed_ratio": round(cal.speed_ratio, 4),
+                            "this_network_ratio": round(here_ms / ms, 4),
+                            "leave_one_out_mape": cal.loo.get("calibrated_mape")}}
+
+
+def cmd_calibrate(args) -> int:
+    import time
+
+    from .latency.calibration import CalibrationError, calibrate_checkpoint
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise UserError(f"no latency checkpoint at {ckpt}")
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=args.networks, desc="calibrate: timing zoo networks here", unit="net", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    db = None
+    if args.db:
+        from .latency.db import LatencyDB
+
+        db = LatencyDB(args.db)
+    try:
+        cal, path, _ = calibrate_checkpoint(ckpt, networks=args.networks, seed=args.seed, min_seconds=args.min_seconds,
+                                            default_dataset=RECORD_DATASET, directory=args.calibration_dir,
+                                            out=args.out, db=db,
+                                            progress=(lambda i, n, what: bar.update(1)) if bar is not None else None)
+    except CalibrationError as e:
+        raise UserError(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if db is not None:
+            db.close()
+    _print({"calibration": str(path), "platform_key": cal.platform_key, "checkpoint": str(ckpt),
+            "checkpoint_platform": cal.checkpoint_platform, "networks": cal.n,
+            "speed_ratio": round(cal.speed_ratio, 4), "bandwidth": cal.bandwidth,
+            "leave_one_out": cal.loo, "seconds": round(time.perf_counter() - t0, 1)}, args.json)
     return 0
 
 
@@ -467,6 +532,10 @@ def register(sub, bench_parser) -> None:
     p.add_argument("model", help="an ONNX file")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="a latency predictor checkpoint (default: the shipped NAR-Former one)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="predict in the checkpoint's platform's milliseconds even where this machine has a calibration")
+    p.add_argument("--calibration-dir", default=None,
+                   help="where calibrations live (default $NARFORMER_CALIBRATION_DIR or assets/calibration)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict_latency)
 
@@ -548,6 +617,21 @@ def register(sub, bench_parser) -> None:
     p.add_argument("dataset")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compact)
+
+    p = lsub.add_parser("calibrate", help="time a few zoo networks here and fit this machine's correction of a "
+                        "latency checkpoint (predict-latency then applies it)")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--networks", type=int, default=20,
+                   help="zoo networks to time, spread over the families (default 20, about 40 s)")
+    p.add_argument("--min-seconds", type=float, default=0.6, help="timed runs per network at least this long")
+    p.add_argument("--seed", type=int, default=0, help="which zoo networks")
+    p.add_argument("--calibration-dir", default=None,
+                   help="where calibrations live (default $NARFORMER_CALIBRATION_DIR or assets/calibration)")
+    p.add_argument("--out", default=None, help="write the calibration here instead")
+    p.add_argument("--db", default=None, help="also store the timings in this latency database")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = lsub.add_parser("merge", help="one NAR-Former ensemble from the members of checkpoints fitted on the same "
                         "training networks (e.g. a self-trained student and its teacher)")

@@ -60,3 +60,10 @@ def tiny_run(tmp_path_factory, nb201_task):
     finally:
         torch.set_num_threads(before)     # TrainConfig(threads=1) sets it process-wide
     return run_dir, summary
+
+
+@pytest.fixture(autouse=True)
+def _own_calibration_dir(monkeypatch, tmp_path):
+    """Every test gets an empty calibration folder: a calibration fitted on the developer's machine
+    (assets/calibration) must not change what predict-latency or the pages show under test."""
+    monkeypatch.setenv("NARFORMER_CALIBRATION_DIR", str(tmp_path / "calibration"))

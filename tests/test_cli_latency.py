@@ -100,6 +100,7 @@ def test_train_then_predict_latency(capsys, tiny_dataset, tiny_onnx, tmp_path):
     assert code == 0, err
     d = json.loads(out)
     assert d["latency_ms"] > 0 and d["predictor"] == "NAR-Former" and d["same_platform_as_here"]
+    assert d["calibration"] is None and "calibration_hint" not in d     # its own platform: nothing to carry over
     assert set(d["static"]) == {"batch_size", "flops", "params", "memory_access"}
     # operator types of the model that no network of the training set had
     from narformer_core.latency.dataset import load_records
@@ -113,6 +114,43 @@ def test_shipped_checkpoint_predicts(capsys, tiny_onnx):
     code, out, err = run(capsys, "predict-latency", tiny_onnx, "--json")
     assert code == 0, err
     assert json.loads(out)["latency_ms"] > 0
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.exists(), reason="no shipped latency checkpoint")
+def test_calibrate_then_predict_in_this_machines_milliseconds(capsys, tiny_onnx, tmp_path):
+    from narformer_core.latency.calibration import HostCalibration
+    from narformer_core.onnx_import import load_onnx
+
+    cal_dir = tmp_path / "cal"
+    code, out, err = run(capsys, "latency", "calibrate", "--networks", 4, "--min-seconds", 0.05,
+                         "--calibration-dir", cal_dir, "--db", tmp_path / "lat.db", "--quiet", "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["networks"] == 4 and made["speed_ratio"] > 0 and set(made["leave_one_out"]) >= {
+        "uncorrected_mape", "ratio_only_mape", "calibrated_mape"}
+    cal = HostCalibration.load(made["calibration"])
+    code, out, err = run(capsys, "predict-latency", tiny_onnx, "--calibration-dir", cal_dir, "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    expected = cal.apply([d["latency_ms_uncalibrated"]], [load_onnx(tiny_onnx)])[0]
+    assert d["latency_ms"] == pytest.approx(expected, rel=1e-3)
+    assert d["calibration"]["networks"] == 4 and d["calibration"]["platform_key"] == made["platform_key"]
+    code, out, _ = run(capsys, "predict-latency", tiny_onnx, "--calibration-dir", cal_dir, "--no-calibration", "--json")
+    assert json.loads(out)["latency_ms"] == d["latency_ms_uncalibrated"]
+    # The timings went into the latency database as measurements of this machine.
+    from narformer_core.latency.db import LatencyDB
+
+    with LatencyDB(tmp_path / "lat.db") as db:
+        assert db.stats()["by_platform"] == {made["platform_key"]: 4}
+    # A damaged calibration: the prediction falls back to the checkpoint's milliseconds and says why.
+    with open(made["calibration"], "w") as f:
+        f.write("{ not json")
+    code, out, err = run(capsys, "predict-latency", tiny_onnx, "--calibration-dir", cal_dir, "--json")
+    assert code == 0, err
+    d2 = json.loads(out)
+    assert d2["latency_ms"] == d["latency_ms_uncalibrated"] and "cannot read the calibration" in d2["calibration_error"]
+    code, _, err = run(capsys, "latency", "calibrate", "--networks", 2, "--calibration-dir", cal_dir, "--quiet")
+    assert code == 2 and "at least 3" in err
 
 
 def test_bad_files_exit_2(capsys, tmp_path, tiny_onnx):
