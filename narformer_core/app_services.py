@@ -551,6 +551,54 @@ def predict_latency(predictor, graphs: Sequence[ArchGraph]) -> np.ndarray:
     return np.asarray(predictor.predict(list(graphs)), dtype=np.float64)
 
 
+@lru_cache(maxsize=1)
+def here_platform_key() -> str:
+    """This machine's platform key for one thread, batch 1 (what the app measures with)."""
+    from .latency.measure import platform_info, platform_key
+
+    return platform_key(platform_info(1, 1))
+
+
+def same_platform(checkpoint_platform: str | None) -> bool:
+    from .latency.measure import platform_keys_compatible
+
+    return bool(checkpoint_platform) and platform_keys_compatible(str(checkpoint_platform), here_platform_key())
+
+
+def latency_calibration(checkpoint: str | Path):
+    """(this machine's calibration of ``checkpoint`` or None, an error message or None)."""
+    from .latency.calibration import CalibrationError, find_calibration
+
+    try:
+        return find_calibration(checkpoint, here_platform_key()), None
+    except (CalibrationError, OSError) as e:
+        return None, str(e)
+
+
+def calibrate_latency_here(checkpoint: str | Path, networks: int,
+                           progress: Callable[[int, int, str], None] | None = None):
+    """Time ``networks`` zoo networks here, store them in the latency database and fit this
+    machine's calibration of ``checkpoint`` (``latency calibrate`` from the app)."""
+    from .latency.calibration import calibrate_checkpoint
+
+    db = open_latency_db()
+    try:
+        cal, _, _ = calibrate_checkpoint(checkpoint, networks=int(networks), progress=progress, db=db,
+                                         default_dataset=PROJECT_ROOT / "assets" / "latency" / "zoo2000_s14.jsonl.gz")
+    finally:
+        db.close()
+    return cal
+
+
+def calibration_sentence(cal) -> str:
+    loo = cal.loo or {}
+    return (f"Calibrated on {cal.n} zoo networks timed here ({cal.fitted_at[:16].replace('T', ' ')} UTC): this "
+            f"machine runs them {cal.speed_ratio:.2f}x the checkpoint's milliseconds on {cal.checkpoint_platform}. "
+            f"Leave-one-out over those networks: {loo.get('uncorrected_mape', float('nan')):.1f}% MAPE as the "
+            f"checkpoint predicts, {loo.get('ratio_only_mape', float('nan')):.1f}% scaled by the ratio, "
+            f"{loo.get('calibrated_mape', float('nan')):.1f}% calibrated.")
+
+
 def unseen_latency_ops(predictor, graph: ArchGraph) -> list[str]:
     """Operator types of ``graph`` that none of ``predictor``'s training networks had (NAR-Former
     checkpoints from session 14 on record them; others give an empty list)."""

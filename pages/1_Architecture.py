@@ -153,16 +153,32 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
             st.info(f"{path.name} was pretrained on zoo networks, which helps on the zoo's families and "
                     f"hurts on others; `{other[0]}` (pick it above) is the better choice for this network.")
     c1, c2 = st.columns(2)
-    c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from "
-              f"{plat or 'an unrecorded platform'}, statistic `{column}`")
+    cal, cal_err = svc.latency_calibration(path)
+    if cal is not None:
+        here_ms = float(cal.apply([ms], [graph])[0])
+        c1.metric("Predicted latency, this machine", f"{here_ms:.3f} ms", help=svc.calibration_sentence(cal) +
+                  f" Uncalibrated: {ms:.3f} ms on {plat}.")
+    else:
+        c1.metric("Predicted latency", f"{ms:.3f} ms", help=f"{predictor.name}; trained on measurements from "
+                  f"{plat or 'an unrecorded platform'}, statistic `{column}`")
+    if cal_err:
+        st.warning(f"This machine's calibration of {path.name} cannot be used ({cal_err}); the prediction is "
+                   f"in {plat}'s milliseconds. Refit it in the Latency lab.")
     reference = svc.latency_reference_file(predictor.meta)
     ref = zoo_measured_ms(str(reference), plat, column)
     if ref.size:
         rank, pct = svc.rank_and_percentile(-ms, -ref)
         c2.metric("Faster than", f"{pct:.1f} %", help=f"of the {ref.size} measured zoo networks of "
                   f"`{reference.name}` on {plat}")
-    st.caption(f"{predictor.name}, trained on `{column}` measured on `{plat}`; a prediction is for that "
-               "platform, not necessarily for this machine." + (
+    if cal is not None:
+        where = (f"; calibrated to this machine (`{cal.platform_key}`, {cal.speed_ratio:.2f}x, {cal.n} networks "
+                 f"timed here, Latency lab), uncalibrated {ms:.3f} ms. The rank compares the uncalibrated figure.")
+    elif svc.same_platform(plat):
+        where = "; that is this machine's platform."
+    else:
+        where = ("; a prediction is for that platform, not for this machine: calibrate it to this machine in the "
+                 "Latency lab (about half a minute).")
+    st.caption(f"{predictor.name}, trained on `{column}` measured on `{plat}`" + where + (
                    " `min_ms` is the fastest run over several timing sessions: what the hardware can do "
                    "when no other tenant slows it, steadier than one session's median." if column == "min_ms" else ""))
     costs = svc.cost_breakdown(predictor, graph)

@@ -171,6 +171,54 @@ else:
                                                 x_title="measured (ms)", y_title="predicted (ms)", name="zoo networks"),
                             key="lat_zoo_scatter", width="stretch")
 
+def calibration_section(path, predictor) -> None:
+    """This machine's calibration of the chosen checkpoint: its state, and a button to (re)fit it."""
+    st.header("This machine's milliseconds")
+    trained_on = predictor.meta.get("platform_key")
+    here = svc.here_platform_key()
+    cal, err = svc.latency_calibration(path)
+    if err:
+        st.warning(f"The calibration file of {path.name} for this machine cannot be used: {err}. "
+                   "Fit a new one below.")
+    if cal is not None:
+        c = st.columns(4)
+        c[0].metric("Speed ratio here", f"{cal.speed_ratio:.2f}x", help=f"this machine's ms / {cal.checkpoint_platform}'s")
+        c[1].metric("Networks timed", cal.n)
+        c[2].metric("Leave-one-out MAPE, uncalibrated", f"{cal.loo.get('uncorrected_mape', float('nan')):.1f} %")
+        c[3].metric("Leave-one-out MAPE, calibrated", f"{cal.loo.get('calibrated_mape', float('nan')):.1f} %")
+        st.caption(svc.calibration_sentence(cal) + " The Architecture page and `predict-latency` now give this "
+                   "machine's milliseconds for this checkpoint.")
+        # The checkpoint's predictions times the global ratio: how far each network is from it is
+        # what the local correction learns.
+        st.plotly_chart(plots.pred_vs_truth(np.asarray(cal.predicted_ms) * cal.speed_ratio, np.asarray(cal.measured_ms),
+                                            hover=np.asarray(cal.names or [""] * cal.n), x_title="measured here (ms)", y_title="checkpoint x speed ratio (ms)",
+                                            name="calibration networks"),
+                        key="lat_cal_scatter", width="stretch")
+    elif svc.same_platform(trained_on):
+        st.caption(f"{path.name} was trained on measurements of this platform (`{here}`): its predictions are "
+                   "this machine's milliseconds already. A calibration can still correct a drift.")
+    else:
+        st.info(f"{path.name} predicts milliseconds of `{trained_on}`; this machine is `{here}`. Time a few zoo "
+                "networks here to carry its predictions over (about 1.5 s per network).")
+    k = st.slider("Zoo networks to time", 5, 60, 20, step=5, key="lat_cal_k",
+                  help="spread over the zoo's families, none from the checkpoint's test split")
+    if st.button(f"⏱️ Time {k} zoo networks here and calibrate", key="lat_cal_go"):
+        bar = st.progress(0.0, text="timing zoo networks…")
+
+        def progress(i, n, what):
+            bar.progress(i / n, text=f"{i}/{n}: {what}")
+
+        try:
+            svc.calibrate_latency_here(path, k, progress=progress)
+        except (ValueError, OSError) as e:
+            st.error(f"The calibration failed: {e}. Nothing was changed.")
+        else:
+            st.rerun()
+
+
+if ckpts and predictor is not None:
+    calibration_section(path, predictor)
+
 pairs = pd.DataFrame()
 if len(df):
     pred_db = df[df["source"] == "predicted"].groupby(["graph_hash", "platform_key"])["median_ms"].first()

@@ -286,3 +286,38 @@ def test_latency_prediction_names_operator_types_the_predictor_never_saw(at, onn
     at.run()
     no_exception(at)
     assert any("`nar_unpretrained.pt` (pick it above)" in i.value for i in at.info)
+
+
+def test_a_calibrated_checkpoint_predicts_this_machines_milliseconds(at, onnx_bytes, monkeypatch, tmp_path_factory):
+    import os
+
+    from test_app_support import latency_graphs
+
+    from narformer_core import app_services
+    from narformer_core.latency import calibration as calib
+    from narformer_core.latency.predictors import load_predictor
+    from narformer_core.onnx_import import load_onnx
+
+    lat_dir = upload_with_predictors(at, onnx_bytes, monkeypatch, tmp_path_factory)
+    assert any(m.label == "Predicted latency" for m in at.metric)      # no calibration yet
+    pred = load_predictor(lat_dir / "flops.pt")
+    # flops.pt's calibration for this machine, fitted on made-up timings: every network 2.5x slower here.
+    cal_graphs = latency_graphs()
+    p = pred.predict(cal_graphs)
+    cal = calib.fit_host_calibration(cal_graphs, 2.5 * p, p, platform_key=app_services.here_platform_key(),
+                                     checkpoint_sha256=calib.file_sha256(lat_dir / "flops.pt"),
+                                     checkpoint_platform="cpu-elsewhere")
+    cal.save(calib.calibration_path(cal.checkpoint_sha256, cal.platform_key, os.environ["NARFORMER_CALIBRATION_DIR"]))
+    at.run()
+    no_exception(at)
+    expected = 2.5 * float(pred.predict([load_onnx(onnx_bytes)])[0])
+    shown = next(m.value for m in at.metric if m.label == "Predicted latency, this machine")
+    assert shown == f"{expected:.3f} ms"
+    assert "calibrated to this machine" in " ".join(c.value for c in at.caption)
+    # A damaged calibration file: the page says so and predicts in the checkpoint's milliseconds.
+    calib.calibration_path(cal.checkpoint_sha256, cal.platform_key,
+                           os.environ["NARFORMER_CALIBRATION_DIR"]).write_text("[]")
+    at.run()
+    no_exception(at)
+    assert any(m.label == "Predicted latency" for m in at.metric)
+    assert any("calibration of flops.pt cannot be used" in w.value for w in at.warning)

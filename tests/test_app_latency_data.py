@@ -199,3 +199,29 @@ def test_no_latency_predictor_checkpoint(env):
     at = page(LAB).run()
     no_exception(at)
     assert "No trained latency predictor" in texts(at)
+
+
+def test_calibrate_a_checkpoint_to_this_machine_from_the_lab(env, monkeypatch, tmp_path_factory):
+    """The button times zoo networks here (for real), stores them, and the section shows the fit."""
+    import os
+
+    from test_app_support import latency_predictor_dir
+
+    from narformer_core.latency.predictors import load_predictor
+
+    lat_dir = latency_predictor_dir(tmp_path_factory.getbasetemp())
+    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
+    p = load_predictor(lat_dir / "flops.pt")
+    assert not p.meta.get("platform_key")      # made up, unrecorded: not this machine's platform
+    at = page(LAB).run()
+    no_exception(at)
+    assert "Time a few zoo networks here" in texts(at)
+    at.slider(key="lat_cal_k").set_value(5).run()
+    at.button(key="lat_cal_go").click().run()
+    no_exception(at)
+    assert metric(at, "Networks timed") == "5"
+    assert metric(at, "Speed ratio here").endswith("x")
+    assert "Calibrated on 5 zoo networks timed here" in texts(at)
+    assert len(os.listdir(os.environ["NARFORMER_CALIBRATION_DIR"])) == 1
+    # The five timings are in the latency database, as measurements of this machine.
+    assert int(metric(at, "Measurements")) == 5

@@ -139,6 +139,21 @@ def array(value):
     return np.asarray(value)
 
 
+def latency_graphs() -> list:
+    """Eight small conv networks of growing width and resolution (ArchGraphs)."""
+    import torch
+    import torch.nn as nn
+
+    from narformer_core.onnx_import import from_torch
+
+    graphs = []
+    for width, res in ((4, 16), (8, 16), (8, 32), (16, 32), (16, 48), (32, 48), (32, 64), (64, 64)):
+        net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)).eval()
+        graphs.append(from_torch(net, torch.zeros(1, 3, res, res)))
+    return graphs
+
+
 def latency_predictor_dir(base: Path) -> Path:
     """A folder with a fitted FLOPs-regression latency predictor (``flops.pt``), an operator-cost sum
     (``opcost.pt``) and, when the project
@@ -155,11 +170,7 @@ def latency_predictor_dir(base: Path) -> Path:
     if (out / "flops.pt").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    graphs = []
-    for width, res in ((4, 16), (8, 16), (8, 32), (16, 32), (16, 48), (32, 48), (32, 64), (64, 64)):
-        net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
-                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)).eval()
-        graphs.append(from_torch(net, torch.zeros(1, 3, res, res)))
+    graphs = latency_graphs()
     from narformer_core.features import static_features
 
     ms = np.array([0.05 + static_features(g)["flops"] * 2e-8 for g in graphs])
