@@ -680,15 +680,16 @@ def held_out_rows(meta: dict, reference: Path, n_rows: int) -> np.ndarray | None
 
 
 def latency_dataset(platform_key: str | None = None, column: str = "median_ms",
-                    path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Measured zoo networks, one row each, graph included: ``path`` (a data set file), by default
-    the development set (assets/latency/zoo_cpu.jsonl.gz).
+                    path: str | os.PathLike | None = None, graphs: bool = True) -> pd.DataFrame:
+    """Measured zoo networks, one row each, graph included unless ``graphs`` is False (building
+    2,000 graphs is a third of the time to read them): ``path`` (a data set file), by default the
+    development set (assets/latency/zoo_cpu.jsonl.gz).
 
     ``latency_ms`` holds ``column`` (what a predictor was trained on, e.g. ``min_ms``), so that a
     prediction is ranked against the same statistic; ``median_ms`` is always there too. A
     statistic the reference set lacks falls back to its medians.
     """
-    from .latency.dataset import LATENCY_COLUMNS, load_dataset, load_records
+    from .latency.dataset import LATENCY_COLUMNS, load_records, record_graph, select_records
 
     path = Path(path) if path is not None else latency_dir() / DEV_LATENCY_SET
     if not path.exists():
@@ -696,14 +697,47 @@ def latency_dataset(platform_key: str | None = None, column: str = "median_ms",
     if platform_key is None:
         keys = sorted({r.get("platform_key") for r in load_records(path)})
         platform_key = keys[0] if keys else None
-    records, graphs, ms = load_dataset(path, platform_key=platform_key)
+    records, ms = select_records(path, platform_key=platform_key)
     known = column in LATENCY_COLUMNS and all(column in r for r in records)
     chosen = np.array([float(r[column]) for r in records]) if known else ms
-    return pd.DataFrame({"family": [r.get("family") for r in records],
-                         "description": [r.get("description") for r in records],
-                         "median_ms": ms, "latency_ms": chosen,
-                         "platform_key": [r.get("platform_key") for r in records],
-                         "graph": graphs})
+    frame = pd.DataFrame({"family": [r.get("family") for r in records],
+                          "description": [r.get("description") for r in records],
+                          "median_ms": ms, "latency_ms": chosen,
+                          "platform_key": [r.get("platform_key") for r in records]})
+    if graphs:
+        frame["graph"] = [record_graph(r) for r in records]
+    return frame
+
+
+def heldout_predictions_file(checkpoint: str | os.PathLike) -> Path:
+    """Where a latency checkpoint's predictions of its held-out networks are kept (beside it)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".heldout.json")
+
+
+def write_heldout_predictions(checkpoint: str | os.PathLike, reference: str | os.PathLike, column: str,
+                              rows: Sequence[int], predictions: Sequence[float]) -> Path:
+    out = heldout_predictions_file(checkpoint)
+    out.write_text(json.dumps({"checkpoint_sha256": _sha256(Path(checkpoint)), "reference": Path(reference).name,
+                               "column": column, "rows": [int(i) for i in rows],
+                               "predictions_ms": [float(x) for x in predictions],
+                               "made_by": f"python scripts/precompute_latency_heldout.py {Path(checkpoint).name}"}))
+    return out
+
+
+def heldout_predictions(checkpoint: str | os.PathLike, reference: str | os.PathLike, column: str,
+                        rows: Sequence[int]) -> np.ndarray | None:
+    """The stored predictions of ``rows`` when they were made by this very checkpoint file (its
+    SHA-256) for the same reference set, statistic and rows; else None (the caller predicts)."""
+    path = heldout_predictions_file(checkpoint)
+    try:
+        d = json.loads(path.read_text())
+        ok = (d["checkpoint_sha256"] == _sha256(Path(checkpoint)) and d["reference"] == Path(reference).name
+              and d["column"] == column and [int(i) for i in d["rows"]] == [int(i) for i in rows])
+        pred = np.asarray(d["predictions_ms"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pred if ok and pred.shape == (len(rows),) and np.all(np.isfinite(pred)) else None
 
 
 # ------------------------------------------------------------------ latency database

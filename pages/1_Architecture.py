@@ -46,7 +46,7 @@ def nb101_truth(module_hash: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Reading the measured zoo networks…")
 def zoo_measured_ms(reference: str, platform_key: str | None, column: str = "median_ms") -> np.ndarray:
-    df = svc.latency_dataset(platform_key, column, reference)
+    df = svc.latency_dataset(platform_key, column, reference, graphs=False)
     return df["latency_ms"].to_numpy() if len(df) else np.zeros(0)
 
 

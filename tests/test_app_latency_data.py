@@ -225,3 +225,62 @@ def test_calibrate_a_checkpoint_to_this_machine_from_the_lab(env, monkeypatch, t
     assert len(os.listdir(os.environ["NARFORMER_CALIBRATION_DIR"])) == 1
     # The five timings are in the latency database, as measurements of this machine.
     assert int(metric(at, "Measurements")) == 5
+
+
+def test_the_lab_uses_stored_held_out_predictions_only_of_the_same_checkpoint_file(env, monkeypatch, tmp_path):
+    import gzip
+    import json
+
+    from narformer_core.latency.dataset import load_dataset
+    from narformer_core.latency.predictors import make_predictor
+    from narformer_core.metrics import mape
+
+    lat_dir = tmp_path / "lat"
+    lat_dir.mkdir()
+    with gzip.open(DEV_SET, "rt") as f:
+        lines = [next(f) for _ in range(20)]
+    own = lat_dir / "mini.jsonl.gz"
+    with gzip.open(own, "wt") as f:
+        f.writelines(lines)
+    records, graphs, y = load_dataset(own)
+    test = [1, 5, 9, 14]
+    p = make_predictor("flops").fit([g for i, g in enumerate(graphs) if i not in test],
+                                    np.delete(y, test))
+    p.meta.update({"dataset": "assets/latency/mini.jsonl.gz", "n_networks": 20, "test_indices": test,
+                   "column": "median_ms", "platform_key": records[0]["platform_key"]})
+    ckpt = p.save(lat_dir / "flops.pt")
+    monkeypatch.setenv("NARFORMER_LATENCY_DIR", str(lat_dir))
+    true_pred = p.predict([graphs[i] for i in test])
+    # Stored predictions that differ from the model's, to see which ones the page shows.
+    fake = true_pred * 2.0
+    app_services.write_heldout_predictions(ckpt, own, "median_ms", test, fake)
+    at = page(LAB).run()
+    no_exception(at)
+    assert metric(at, "MAPE") == f"{mape(fake, y[test]):.1f} %"
+    # Another checkpoint file under the same name: the stored numbers are not its own.
+    p.meta["note"] = "refitted"
+    p.save(ckpt)
+    assert app_services.heldout_predictions(ckpt, own, "median_ms", test) is None
+    at = page(LAB).run()
+    assert metric(at, "MAPE") == f"{mape(true_pred, y[test]):.1f} %"
+    json.loads(app_services.heldout_predictions_file(ckpt).read_text())   # still a readable file
+    app_services.heldout_predictions_file(ckpt).write_text("{ damaged")
+    assert app_services.heldout_predictions(ckpt, own, "median_ms", test) is None
+
+
+@pytest.mark.parametrize("name", ["narformer_latency.pt", "nnlp_latency.pt"])
+def test_shipped_held_out_predictions_are_the_checkpoints_own(name):
+    """The stored numbers the Latency lab shows are what the shipped checkpoint predicts today."""
+    from narformer_core.latency.predictors import load_predictor
+
+    ckpt = app_services.PROJECT_ROOT / "assets" / "latency" / name
+    if not app_services.heldout_predictions_file(ckpt).exists():
+        pytest.skip("no stored held-out predictions")
+    pred = load_predictor(ckpt)
+    reference = app_services.PROJECT_ROOT / "assets" / "latency" / "zoo2000_s14.jsonl.gz"
+    df = app_services.latency_dataset(pred.meta["platform_key"], pred.meta["column"], reference)
+    rows = app_services.held_out_rows(pred.meta, reference, len(df))
+    stored = app_services.heldout_predictions(ckpt, reference, pred.meta["column"], rows)
+    assert stored is not None
+    fresh = pred.predict(list(df["graph"].to_numpy()[rows]))
+    np.testing.assert_allclose(stored, fresh, rtol=1e-4)

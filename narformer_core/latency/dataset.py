@@ -130,11 +130,20 @@ def load_dataset(path: str | os.PathLike, families: Sequence[str] | None = None,
     taken on that platform; by default a file holding several platforms is refused, since their
     latencies are not comparable.
     """
+    records, y = select_records(path, families, platform_key, column)
+    return records, [record_graph(r) for r in records], y
+
+
+def select_records(path: str | os.PathLike, families: Sequence[str] | None = None,
+                   platform_key: str | None = None, column: str = "median_ms",
+                   require_graph: bool = True) -> tuple[list[dict], np.ndarray]:
+    """:func:`load_dataset` without building the graphs (a third of its time on 2,000 networks):
+    the records and their latencies in ms, filtered and checked the same way."""
     if column not in LATENCY_COLUMNS:
         raise DatasetError(f"unknown latency column {column!r}; use one of {', '.join(LATENCY_COLUMNS)}")
     from .measure import common_platform
 
-    records = load_records(path)
+    records = load_records(path, require_graph=require_graph)
     if families is not None:
         records = [r for r in records if r.get("family") in set(families)]
     keys = sorted({r.get("platform_key", "?") for r in records})
@@ -147,9 +156,7 @@ def load_dataset(path: str | os.PathLike, families: Sequence[str] | None = None,
     if lacking:
         raise DatasetError(f"{len(lacking)} records of {path} have no {column} (older records); "
                            "use median_ms, min_ms or mean_ms")
-    graphs = [record_graph(r) for r in records]
-    y = np.array([float(r[column]) for r in records], dtype=np.float64)
-    return records, graphs, y
+    return records, np.array([float(r[column]) for r in records], dtype=np.float64)
 
 
 def _append(path: Path, record: Mapping) -> None:
