@@ -247,13 +247,9 @@ def predictions_file(checkpoint: str | Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
+    from .latency.calibration import file_sha256
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def write_precomputed_predictions(checkpoint: str | Path, predictions: np.ndarray) -> Path:
