@@ -65,7 +65,7 @@ def app(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     env = {"NARFORMER_CHECKPOINT_DIR": str(checkpoint_dir(tmp_path_factory)),
            "NARFORMER_RUNS_DIR": str(base / "runs"), "NARFORMER_LATENCY_DB": str(base / "latency.db"),
-           "NARFORMER_LATENCY_DIR": str(latency_dir(base))}
+           "NARFORMER_LATENCY_DIR": str(latency_dir(base)), "NARFORMER_CALIBRATION_DIR": str(base / "calibration")}
     (base / "runs").mkdir()
     SHOTS.mkdir(parents=True, exist_ok=True)
     with streamlit_app(env, log_path=base / "streamlit.log") as (url, _proc, _t0):
@@ -158,3 +158,30 @@ def test_screenshots_of_the_other_pages(app):
         page.get_by_text(marker).first.wait_for(timeout=300_000)
         shot(page, name)
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+def test_calibrate_the_latency_checkpoint_to_this_machine(app):
+    """Five zoo networks timed for real from the Latency lab; the Architecture page then predicts
+    this machine's milliseconds."""
+    url, page, base = app
+    if not (base / "latency" / "narformer_latency.pt").exists():
+        pytest.skip("no shipped latency checkpoint to calibrate")
+    page.goto(f"{url}/Latency_lab")
+    page.get_by_text("This machine's milliseconds").first.wait_for(timeout=300_000)
+    slider = page.get_by_role("slider").last            # "Zoo networks to time", the page's last slider
+    slider.focus()
+    for _ in range(3):                                   # 20 -> 5 in steps of 5
+        slider.press("ArrowLeft")
+        wait_idle(page)
+    page.get_by_role("button", name="Time 5 zoo networks here and calibrate").click()
+    page.get_by_text("Calibrated on 5 zoo networks timed here").wait_for(timeout=300_000)
+    wait_idle(page)
+    assert metric_value(page, "Networks timed") == "5"
+    assert list((base / "calibration").glob("*.json"))
+    model = base / "tiny.onnx"
+    model.write_bytes(small_onnx_bytes())
+    page.goto(f"{url}/Architecture")
+    page.get_by_role("tab", name="Upload ONNX").click()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(model))
+    page.get_by_text("Predicted latency, this machine").first.wait_for(timeout=300_000)
+    assert metric_value(page, "Predicted latency, this machine").endswith(" ms")
