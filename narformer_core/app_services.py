@@ -759,7 +759,7 @@ def measure_and_store(onnx_bytes: bytes, graph: ArchGraph, family: str | None = 
     finally:
         db.close()
     return {"id": rid, "graph_hash": h, "platform_key": m.platform_key, "median_ms": m.median_ms,
-            "iqr_ms": m.iqr_ms, "repeats": m.repeats, "measured_at": m.measured_at}
+            "min_ms": m.min_ms, "iqr_ms": m.iqr_ms, "repeats": m.repeats, "measured_at": m.measured_at}
 
 
 def stored_latency(graph: ArchGraph) -> pd.DataFrame:

@@ -79,6 +79,7 @@ def test_nb201_network_build_static_features_and_measure(at):
     at.button(key="arch_nb201_net_measure").click().run()
     no_exception(at)
     assert "Measured" in texts(at) and "stored in" in texts(at)
+    assert "fastest run" in texts(at)          # the statistic the shipped predictors learnt
     assert len(table(at, "platform_key")) == 1
 
 
