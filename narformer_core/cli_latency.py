@@ -627,7 +627,8 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--seed", type=int, default=0, help="which zoo networks")
     p.add_argument("--calibration-dir", default=None,
                    help="where calibrations live (default $NARFORMER_CALIBRATION_DIR or assets/calibration)")
-    p.add_argument("--out", default=None, help="write the calibration here instead")
+    p.add_argument("--out", default=None, help="write the calibration to this file instead (to keep or compare; "
+                   "predict-latency and the app look only in the calibration folder)")
     p.add_argument("--db", default=None, help="also store the timings in this latency database")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
