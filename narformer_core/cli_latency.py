@@ -622,7 +622,7 @@ def register(sub, bench_parser) -> None:
                         "latency checkpoint (predict-latency then applies it)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--networks", type=int, default=20,
-                   help="zoo networks to time, spread over the families (default 20, about 40 s)")
+                   help="zoo networks to time, spread over the families (default 20, about 30 s)")
     p.add_argument("--min-seconds", type=float, default=0.6, help="timed runs per network at least this long")
     p.add_argument("--seed", type=int, default=0, help="which zoo networks")
     p.add_argument("--calibration-dir", default=None,
