@@ -153,25 +153,31 @@ def test_predicted_vs_measured_on_the_zoo(env, monkeypatch, tmp_path_factory):
 DEV_SET = app_services.PROJECT_ROOT / "assets" / "latency" / app_services.DEV_LATENCY_SET
 
 
-@pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
-def test_the_lab_scores_a_predictor_on_the_networks_it_held_out(env, monkeypatch, tmp_path):
-    """A predictor whose own data set is in the latency folder is scored on its test networks only."""
+def mini_latency_dir(tmp_path, n: int):
+    """A latency folder holding the development set's first ``n`` networks as a data set of its own:
+    (folder, data set file, records, graphs, median ms)."""
     import gzip
-    import json
 
     from narformer_core.latency.dataset import load_dataset
-    from narformer_core.latency.predictors import make_predictor
-    from narformer_core.metrics import mape
 
     lat_dir = tmp_path / "lat"
     lat_dir.mkdir()
     with gzip.open(DEV_SET, "rt") as f:
-        lines = [next(f) for _ in range(30)]
+        lines = [next(f) for _ in range(n)]
     own = lat_dir / "mini.jsonl.gz"
     with gzip.open(own, "wt") as f:
         f.writelines(lines)
-    records, graphs, _ = load_dataset(own)
-    y = np.array([r["median_ms"] for r in records])
+    records, graphs, y = load_dataset(own)
+    return lat_dir, own, records, graphs, y
+
+
+@pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
+def test_the_lab_scores_a_predictor_on_the_networks_it_held_out(env, monkeypatch, tmp_path):
+    """A predictor whose own data set is in the latency folder is scored on its test networks only."""
+    from narformer_core.latency.predictors import make_predictor
+    from narformer_core.metrics import mape
+
+    lat_dir, own, records, graphs, y = mini_latency_dir(tmp_path, 30)
     test = [2, 7, 11, 19, 23, 29]
     train = [i for i in range(30) if i not in test]
     p = make_predictor("flops").fit([graphs[i] for i in train], y[train])
@@ -227,22 +233,14 @@ def test_calibrate_a_checkpoint_to_this_machine_from_the_lab(env, monkeypatch, t
     assert int(metric(at, "Measurements")) == 5
 
 
+@pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
 def test_the_lab_uses_stored_held_out_predictions_only_of_the_same_checkpoint_file(env, monkeypatch, tmp_path):
-    import gzip
     import json
 
-    from narformer_core.latency.dataset import load_dataset
     from narformer_core.latency.predictors import make_predictor
     from narformer_core.metrics import mape
 
-    lat_dir = tmp_path / "lat"
-    lat_dir.mkdir()
-    with gzip.open(DEV_SET, "rt") as f:
-        lines = [next(f) for _ in range(20)]
-    own = lat_dir / "mini.jsonl.gz"
-    with gzip.open(own, "wt") as f:
-        f.writelines(lines)
-    records, graphs, y = load_dataset(own)
+    lat_dir, own, records, graphs, y = mini_latency_dir(tmp_path, 20)
     test = [1, 5, 9, 14]
     p = make_predictor("flops").fit([g for i, g in enumerate(graphs) if i not in test],
                                     np.delete(y, test))
