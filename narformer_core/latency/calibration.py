@@ -29,6 +29,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -47,6 +48,15 @@ class CalibrationError(ValueError):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, remembered while its size and modification time stay the same: the app
+    asks for a 15 MB checkpoint's on every rerun of a page (its calibration and stored predictions
+    are keyed by it)."""
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=64)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
