@@ -240,7 +240,10 @@ def cmd_combine(args) -> int:
     for p in [args.source, *args.passes]:
         if not Path(p).is_file():
             raise UserError(f"no data set at {p}")
-    _print(ds.combine_passes(args.source, args.passes, args.out), args.json)
+    window = ds.ROLLING_REFERENCE_WINDOW if args.reference_window is None else args.reference_window
+    if window < 0:
+        raise UserError(f"--reference-window cannot be negative, got {window}")
+    _print(ds.combine_passes(args.source, args.passes, args.out, reference_window=window), args.json)
     return 0
 
 
@@ -595,6 +598,9 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--source", required=True, help="the data set the passes re-measured (gives the graphs)")
     p.add_argument("--passes", nargs="+", required=True, help="the pass files")
     p.add_argument("--out", required=True)
+    p.add_argument("--reference-window", type=int, default=None, metavar="W",
+                   help="refroll_ms takes the host's speed as the median reference time over the W "
+                        "networks timed before and after each one (default: 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_combine)
 

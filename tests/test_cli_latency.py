@@ -233,6 +233,9 @@ def test_latency_combine_command(capsys, tiny_dataset, tmp_path):
     code, _, err = run(capsys, "latency", "combine", "--source", tiny_dataset, "--passes", tmp_path / "gone.jsonl.gz",
                        "--out", out)
     assert code == 2 and "no data set" in err
+    code, _, err = run(capsys, "latency", "combine", "--source", tiny_dataset, "--passes", *passes,
+                       "--out", out, "--reference-window", "-1")
+    assert code == 2 and "cannot be negative" in err
 
 
 def test_build_dataset_command(capsys, tmp_path):

@@ -215,6 +215,44 @@ def test_combine_passes_corrects_for_the_reference_speed(built, tmp_path):
     assert all("refnorm_ms" not in r for r in ds.load_records(tmp_path / "d.jsonl.gz"))
 
 
+def test_rolling_reference_takes_the_median_around_each_network():
+    """One wild reference timing moves only its own network's moment correction, not the rolling one."""
+    recs = [{"spec_id": f"n{i}", "ref_before_ms": 2.0, "ref_after_ms": 2.0} for i in range(7)]
+    recs[3] = dict(recs[3], ref_before_ms=8.0, ref_after_ms=8.0)      # a hiccup while timing the reference
+    speed = ds.rolling_reference_speed(recs, 2)
+    assert speed == pytest.approx({f"n{i}": 2.0 for i in range(7)})
+    assert ds.rolling_reference_speed(recs, 0)["n3"] == pytest.approx(8.0)   # window 0: the moment
+    # a real slowdown of the host (every reference timing from n3 on) is followed
+    slow = [dict(r, ref_before_ms=4.0, ref_after_ms=4.0) if i >= 3 else r for i, r in enumerate(recs)]
+    speed = ds.rolling_reference_speed(slow, 2)
+    assert speed["n0"] == pytest.approx(2.0) and speed["n5"] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="negative"):
+        ds.rolling_reference_speed(recs, -1)
+
+
+def test_combine_passes_writes_the_rolling_label(built, tmp_path):
+    path, _, _, _ = built
+    a = tmp_path / "a.jsonl.gz"
+    ds.remeasure(path, a, 3, measure=QUICK, progress=False, reference=ds.load_records(path)[0]["spec_id"],
+                 reference_seconds=0.01)
+    base = ds.load_records(a, require_graph=False)
+    for r in base:
+        r["ref_before_ms"] = r["ref_after_ms"] = 2.0
+    base[1]["ref_before_ms"] = base[1]["ref_after_ms"] = 4.0     # one noisy reference timing mid-pass
+    ds._rewrite(a, base)
+    ds.combine_passes(path, [a], tmp_path / "c.jsonl.gz", reference_window=1)
+    by_id = {r["spec_id"]: r for r in base}
+    out = {r["spec_id"]: r for r in ds.load_records(tmp_path / "c.jsonl.gz")}
+    noisy = base[1]["spec_id"]
+    # level: the median reference time (2 ms); the rolling median around the noisy one is 2 ms too
+    assert out[noisy]["refroll_ms"] == pytest.approx(by_id[noisy]["min_ms"])
+    assert out[noisy]["refnorm_ms"] == pytest.approx(by_id[noisy]["min_ms"] / 2)
+    assert out[noisy]["reference_window"] == 1
+    ds.combine_passes(path, [a], tmp_path / "d.jsonl.gz", reference_window=0)   # window 0 = the moment
+    for r in ds.load_records(tmp_path / "d.jsonl.gz"):
+        assert r["refroll_ms"] == pytest.approx(r["refnorm_ms"])
+
+
 def test_not_a_dataset(tmp_path):
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(b"this is not gzip at all")

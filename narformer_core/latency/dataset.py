@@ -43,6 +43,9 @@ import numpy as np
 from ..graph import ArchGraph
 
 SCHEMA = 1
+# Networks timed before and after each one whose reference timings set its host speed in
+# ``refroll_ms`` (session 18, AMD passes: +-2 agreed best of 0, 1, 2 and 5; scripts/label_estimators.py).
+ROLLING_REFERENCE_WINDOW = 2
 DEFAULT_MEASURE = {"threads": 1, "warmup": 5, "repeats": 30, "min_seconds": 1.0, "cpu_time": True}
 
 
@@ -524,7 +527,7 @@ _STRUCTURE_FIELDS = ("schema", "spec_id", "family", "spec", "description", "grap
 
 
 def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike],
-                   out: str | os.PathLike) -> dict:
+                   out: str | os.PathLike, reference_window: int = ROLLING_REFERENCE_WINDOW) -> dict:
     """One data set from several timing passes of the same networks: every timed run pooled.
 
     Why: on this machine the latency of a network moves by 10-20 % between two sessions minutes
@@ -542,12 +545,17 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     When every pass timed the same reference network around each network (``remeasure(...,
     reference=...)``), records also get ``refnorm_ms``: each pass's ``min_ms`` scaled by the
     reference's median speed over all passes divided by its speed at that moment, averaged over
-    the passes in log space (``pass_refnorm_ms`` keeps each pass's figure).
+    the passes in log space (``pass_refnorm_ms`` keeps each pass's figure). They also get
+    ``refroll_ms``, the same with the host's speed taken as the median of the reference's times
+    over the ``reference_window`` networks timed before and after (in each pass file's order,
+    which is the order they were timed in): a single 0.25 s reference timing is itself noisy
+    (session 18, ``scripts/label_estimators.py``: 3.93% -> 3.60% re-test on the AMD passes).
     """
     src = load_records(source)
-    pass_maps = []
+    pass_maps, pass_records = [], []
     for p in passes:
         recs = load_records(p, require_graph=False)
+        pass_records.append(recs)
         pass_maps.append({r["spec_id"]: r for r in recs})
     if not pass_maps:
         raise DatasetError("combine_passes needs at least one pass")
@@ -560,9 +568,10 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     # Drift correction (ReferenceTimer): only when every pass timed the same reference around
     # each network, so that all labels of the file are on one footing.
     refs = {r.get("reference_spec_id") for m in pass_maps for r in m.values()}
-    level = None
+    level, rolling = None, None
     if len(refs) == 1 and None not in refs:
         level = float(np.median([_ref_speed(r) for m in pass_maps for r in m.values()]))
+        rolling = [rolling_reference_speed(recs, reference_window) for recs in pass_records]
     out = Path(out)
     written, missing, mismatched = [], 0, 0
     for r0 in src:
@@ -597,7 +606,10 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
             # The fastest run at the reference's typical speed over all passes. The correction
             # removes the slow drift, so what is left is two-sided: passes are averaged (in log).
             each = [float(r["min_ms"]) * level / _ref_speed(r) for r in runs]
+            rolled = [float(r["min_ms"]) * level / speeds[r0["spec_id"]] for r, speeds in zip(runs, rolling)]
             rec.update({"refnorm_ms": float(np.exp(np.mean(np.log(each)))), "pass_refnorm_ms": each,
+                        "refroll_ms": float(np.exp(np.mean(np.log(rolled)))), "pass_refroll_ms": rolled,
+                        "reference_window": int(reference_window),
                         "reference_spec_id": runs[0]["reference_spec_id"], "reference_level_ms": level})
         written.append(rec)
     if not written:
@@ -607,6 +619,21 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     return {"path": str(out), "records": len(written), "passes": len(passes),
             "skipped_not_in_every_pass": missing, "skipped_graph_mismatch": mismatched,
             "median_spread_between_pass_minima_pct": round(float(np.median(spread)) * 100, 2)}
+
+
+def rolling_reference_speed(records: Sequence[Mapping], window: int) -> dict[str, float]:
+    """{spec_id: the host's speed around that network}, from one pass's records in timing order.
+
+    The speed is the reference's time around each network (:func:`_ref_speed`), and with
+    ``window`` > 0 the median of it, in log, over that network and the ``window`` networks timed
+    before and after it (fewer at the ends of the pass).
+    """
+    if int(window) < 0:
+        raise ValueError(f"reference_window cannot be negative, got {window}")
+    ref = np.log([_ref_speed(r) for r in records])
+    w = int(window)
+    smooth = [float(np.median(ref[max(0, i - w):i + w + 1])) for i in range(len(ref))]
+    return {r["spec_id"]: float(np.exp(x)) for r, x in zip(records, smooth)}
 
 
 def _ref_speed(record: Mapping) -> float:
