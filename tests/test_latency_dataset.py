@@ -2,6 +2,7 @@
 import gzip
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,15 +185,21 @@ def test_stride_and_reference_timings(built, tmp_path):
         ds.remeasure(path, tmp_path / "y.jsonl.gz", 1, measure=QUICK, progress=False, stride=0)
 
 
-def test_combine_passes_corrects_for_the_reference_speed(built, tmp_path):
-    """A pass timed while the host ran 1.5x slower (its reference too) gets the same label."""
+def _steady_pass(built, tmp_path) -> tuple[Path, Path, list[dict]]:
+    """A real 3-network pass with a reference, its reference times then set to a steady 2 ms."""
     path, _, _, _ = built
     a = tmp_path / "a.jsonl.gz"
     ds.remeasure(path, a, 3, measure=QUICK, progress=False, reference=ds.load_records(path)[0]["spec_id"],
                  reference_seconds=0.01)
     base = ds.load_records(a, require_graph=False)
-    for r in base:   # a steady host: the reference at 2 ms before and after every network
+    for r in base:
         r["ref_before_ms"] = r["ref_after_ms"] = 2.0
+    return path, a, base
+
+
+def test_combine_passes_corrects_for_the_reference_speed(built, tmp_path):
+    """A pass timed while the host ran 1.5x slower (its reference too) gets the same label."""
+    path, a, base = _steady_pass(built, tmp_path)
     slow = [dict(r, min_ms=r["min_ms"] * 1.5, ref_before_ms=3.0 * 0.9, ref_after_ms=3.0 / 0.9) for r in base]
     ds._rewrite(a, base)
     b = tmp_path / "b.jsonl.gz"
@@ -231,13 +238,7 @@ def test_rolling_reference_takes_the_median_around_each_network():
 
 
 def test_combine_passes_writes_the_rolling_label(built, tmp_path):
-    path, _, _, _ = built
-    a = tmp_path / "a.jsonl.gz"
-    ds.remeasure(path, a, 3, measure=QUICK, progress=False, reference=ds.load_records(path)[0]["spec_id"],
-                 reference_seconds=0.01)
-    base = ds.load_records(a, require_graph=False)
-    for r in base:
-        r["ref_before_ms"] = r["ref_after_ms"] = 2.0
+    path, a, base = _steady_pass(built, tmp_path)
     base[1]["ref_before_ms"] = base[1]["ref_after_ms"] = 4.0     # one noisy reference timing mid-pass
     ds._rewrite(a, base)
     ds.combine_passes(path, [a], tmp_path / "c.jsonl.gz", reference_window=1)
