@@ -120,7 +120,9 @@ def record_graph(record: Mapping) -> ArchGraph:
 
 
 LATENCY_COLUMNS = ("median_ms", "min_ms", "p10_ms", "p25_ms", "mean_ms", "cpu_median_ms", "cpu_min_ms",
-                   "refnorm_ms")   # refnorm_ms: min_ms corrected for the host's drift (combine_passes)
+                   "refnorm_ms", "refroll_ms")
+# refnorm_ms / refroll_ms: min_ms corrected for the host's drift at that moment / over the
+# networks timed around it (combine_passes)
 
 
 def load_dataset(path: str | os.PathLike, families: Sequence[str] | None = None,
