@@ -243,7 +243,17 @@ def cmd_combine(args) -> int:
     window = ds.ROLLING_REFERENCE_WINDOW if args.reference_window is None else args.reference_window
     if window < 0:
         raise UserError(f"--reference-window cannot be negative, got {window}")
-    _print(ds.combine_passes(args.source, args.passes, args.out, reference_window=window), args.json)
+    level = None
+    if args.reference_level_from:
+        if not Path(args.reference_level_from).is_file():
+            raise UserError(f"no data set at {args.reference_level_from}")
+        levels = {r.get("reference_level_ms") for r in ds.load_records(args.reference_level_from, require_graph=False)}
+        if len(levels) != 1 or None in levels:
+            raise UserError(f"{args.reference_level_from} has no single reference level "
+                            "(it was not combined from passes with a reference network)")
+        level = levels.pop()
+    _print(ds.combine_passes(args.source, args.passes, args.out, reference_window=window,
+                             reference_level=level), args.json)
     return 0
 
 
@@ -601,6 +611,9 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--reference-window", type=int, default=None, metavar="W",
                    help="refroll_ms takes the host's speed as the median reference time over the W "
                         "networks timed before and after each one (default: 2)")
+    p.add_argument("--reference-level-from", metavar="DATASET",
+                   help="scale the corrected columns to this combined set's reference level (a re-test "
+                        "of that set; by default the median reference time of these passes)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_combine)
 

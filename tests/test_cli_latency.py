@@ -236,6 +236,10 @@ def test_latency_combine_command(capsys, tiny_dataset, tmp_path):
     code, _, err = run(capsys, "latency", "combine", "--source", tiny_dataset, "--passes", *passes,
                        "--out", out, "--reference-window", "-1")
     assert code == 2 and "cannot be negative" in err
+    # these passes timed no reference network, so their set has no level to lend a re-test
+    code, _, err = run(capsys, "latency", "combine", "--source", tiny_dataset, "--passes", *passes,
+                       "--out", tmp_path / "re.jsonl.gz", "--reference-level-from", out)
+    assert code == 2 and "no single reference level" in err
 
 
 def test_build_dataset_command(capsys, tmp_path):

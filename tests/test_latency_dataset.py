@@ -252,6 +252,13 @@ def test_combine_passes_writes_the_rolling_label(built, tmp_path):
     ds.combine_passes(path, [a], tmp_path / "d.jsonl.gz", reference_window=0)   # window 0 = the moment
     for r in ds.load_records(tmp_path / "d.jsonl.gz"):
         assert r["refroll_ms"] == pytest.approx(r["refnorm_ms"])
+    # A re-test on another set's scale: the corrected columns follow that reference level.
+    ds.combine_passes(path, [a], tmp_path / "e.jsonl.gz", reference_window=1, reference_level=3.0)
+    rescaled = {r["spec_id"]: r for r in ds.load_records(tmp_path / "e.jsonl.gz")}
+    assert all(r["reference_level_ms"] == 3.0 for r in rescaled.values())
+    assert rescaled[noisy]["refroll_ms"] == pytest.approx(by_id[noisy]["min_ms"] * 3.0 / 2.0)
+    with pytest.raises(ds.DatasetError, match="positive"):
+        ds.combine_passes(path, [a], tmp_path / "f.jsonl.gz", reference_level=0.0)
 
 
 def test_not_a_dataset(tmp_path):

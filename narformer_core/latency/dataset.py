@@ -529,7 +529,8 @@ _STRUCTURE_FIELDS = ("schema", "spec_id", "family", "spec", "description", "grap
 
 
 def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike],
-                   out: str | os.PathLike, reference_window: int = ROLLING_REFERENCE_WINDOW) -> dict:
+                   out: str | os.PathLike, reference_window: int = ROLLING_REFERENCE_WINDOW,
+                   reference_level: float | None = None) -> dict:
     """One data set from several timing passes of the same networks: every timed run pooled.
 
     Why: on this machine the latency of a network moves by 10-20 % between two sessions minutes
@@ -552,6 +553,11 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     over the ``reference_window`` networks timed before and after (in each pass file's order,
     which is the order they were timed in): a single 0.25 s reference timing is itself noisy
     (session 18, ``scripts/label_estimators.py``: 3.93% -> 3.60% re-test on the AMD passes).
+
+    ``reference_level``: the reference time (ms) that the corrected columns are scaled to; by
+    default the median over these passes. A re-test of a labelled set must use the set's own
+    level (its records' ``reference_level_ms``), or a host that ran everything, the reference
+    included, 5% slower that day shifts every re-test label by 5% (session 19).
     """
     src = load_records(source)
     pass_maps, pass_records = [], []
@@ -573,6 +579,10 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     level, rolling = None, None
     if len(refs) == 1 and None not in refs:
         level = float(np.median([_ref_speed(r) for m in pass_maps for r in m.values()]))
+        if reference_level is not None:
+            if not float(reference_level) > 0:
+                raise DatasetError(f"the reference level must be a positive time, got {reference_level}")
+            level = float(reference_level)
         rolling = [rolling_reference_speed(recs, reference_window) for recs in pass_records]
     out = Path(out)
     written, missing, mismatched = [], 0, 0
