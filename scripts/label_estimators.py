@@ -17,9 +17,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from narformer_core.latency.dataset import rolling_reference_speed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1] / "assets" / "latency"
 PASSES = {"A": "session13/zoo2000_s13_passA.jsonl.gz", "B": "session13/zoo2000_s13_passB.jsonl.gz",
@@ -41,11 +45,9 @@ def _statistic(r: dict, stat) -> float:
 
 def per_pass(records: list[dict], stat, window: int) -> tuple[dict, float]:
     """{spec_id: statistic / host speed}, and the pass's median host speed."""
-    ref = np.log([np.sqrt(r["ref_before_ms"] * r["ref_after_ms"]) for r in records])
-    if window:
-        ref = np.array([np.median(ref[max(0, i - window):i + window + 1]) for i in range(len(ref))])
-    speed = np.exp(ref)
-    return ({r["spec_id"]: _statistic(r, stat) / s for r, s in zip(records, speed)}, float(np.median(speed)))
+    speed = rolling_reference_speed(records, window)      # window 0: the moment's reference time
+    return ({r["spec_id"]: _statistic(r, stat) / speed[r["spec_id"]] for r in records},
+            float(np.median(list(speed.values()))))
 
 
 def _mape(truth, pred) -> float:
