@@ -241,8 +241,6 @@ def cmd_combine(args) -> int:
         if not Path(p).is_file():
             raise UserError(f"no data set at {p}")
     window = ds.ROLLING_REFERENCE_WINDOW if args.reference_window is None else args.reference_window
-    if window < 0:
-        raise UserError(f"--reference-window cannot be negative, got {window}")
     level = None
     if args.reference_level_from:
         if not Path(args.reference_level_from).is_file():

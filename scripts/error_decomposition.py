@@ -2,7 +2,8 @@
 
     python scripts/error_decomposition.py [assets/latency/narformer_latency.pt]
 
-A label of record is the mean (in log) of two timing passes, A and C (``pass_refnorm_ms``). If each
+A label of record is the mean (in log) of two timing passes, A and C (``pass_refnorm_ms``, or
+``pass_refroll_ms`` for a checkpoint fitted on ``refroll_ms``). If each
 pass's log time is the network's reproducible time plus independent noise of spread s, then
 var(log A - log C) = 2 s^2, the two-pass label carries s^2 / 2 of it, and the checkpoint's
 squared log error against the label is m^2 + s^2 / 2, where m is its own error against the
@@ -21,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from narformer_core import app_services as svc  # noqa: E402
-from narformer_core.latency.dataset import load_records  # noqa: E402
+from narformer_core.latency.dataset import load_records, record_graph  # noqa: E402
 from narformer_core.latency.predictors import load_predictor  # noqa: E402
 
 
@@ -36,19 +37,18 @@ def main(argv: list[str]) -> int:
     reference = svc.latency_reference_file(pred_model.meta)
     records = load_records(reference)
     rows = svc.held_out_rows(pred_model.meta, reference, len(records))
-    if rows is None or not all(len(r.get("pass_refnorm_ms") or []) == 2 for r in records):
-        print(f"{ckpt.name}: needs its own two-pass data set and its held-out rows")
-        return 2
     column = str(pred_model.meta.get("column", "refnorm_ms"))
+    each_pass = f"pass_{column}"        # pass_refnorm_ms / pass_refroll_ms: the label's own passes
+    if rows is None or not all(len(r.get(each_pass) or []) == 2 for r in records):
+        print(f"{ckpt.name}: needs its own two-pass data set ({each_pass}) and its held-out rows")
+        return 2
     pred = svc.heldout_predictions(ckpt, reference, column, rows)
     if pred is None:
-        from narformer_core.latency.dataset import record_graph
-
         pred = pred_model.predict([record_graph(records[i]) for i in rows])
-    passes = np.log(np.array([records[i]["pass_refnorm_ms"] for i in rows]))
+    passes = np.log(np.array([records[i][each_pass] for i in rows]))
     label = passes.mean(1)
     lp = np.log(pred)
-    all_passes = np.log(np.array([r["pass_refnorm_ms"] for r in records]))
+    all_passes = np.log(np.array([r[each_pass] for r in records]))
     s2 = _rms(all_passes[:, 0] - all_passes[:, 1]) ** 2 / 2
     total = _rms(lp - label)
     m2 = max(total ** 2 - s2 / 2, 0.0)

@@ -559,6 +559,10 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     level (its records' ``reference_level_ms``), or a host that ran everything, the reference
     included, 5% slower that day shifts every re-test label by 5% (session 19).
     """
+    if int(reference_window) < 0:
+        raise DatasetError(f"the reference window cannot be negative, got {reference_window}")
+    if reference_level is not None and not float(reference_level) > 0:
+        raise DatasetError(f"the reference level must be a positive time, got {reference_level}")
     src = load_records(source)
     pass_maps, pass_records = [], []
     for p in passes:
@@ -580,8 +584,6 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     if len(refs) == 1 and None not in refs:
         level = float(np.median([_ref_speed(r) for m in pass_maps for r in m.values()]))
         if reference_level is not None:
-            if not float(reference_level) > 0:
-                raise DatasetError(f"the reference level must be a positive time, got {reference_level}")
             level = float(reference_level)
         rolling = [rolling_reference_speed(recs, reference_window) for recs in pass_records]
     out = Path(out)
