@@ -322,6 +322,7 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     static_raw = not getattr(args, "no_static_raw", False)
     scheme = getattr(args, "token_scheme", None) or "nerf"
     node_raw = bool(getattr(args, "node_raw", False))
+    node_align = bool(getattr(args, "node_align", False))
     members = int(getattr(args, "members", None) or 1)
     offset = getattr(args, "offset", None) or "flops"
     static_codes = not getattr(args, "no_static_codes", False)
@@ -338,7 +339,8 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
         "narformer": lambda: make_predictor("narformer", model=nar_model, train=nar_train,
                                              static_raw=static_raw, scheme=scheme, node_raw=node_raw,
                                              members=members, offset=offset, static_codes=static_codes,
-                                             pretrain=pretrain, pretrain_teacher=teacher),
+                                             pretrain=pretrain, pretrain_teacher=teacher,
+                                             node_align=node_align),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
         "opcost": lambda: make_predictor("opcost"),
@@ -352,7 +354,8 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     # The scheme joins the fingerprint only when it is not the default, so fits cached before the
     # option existed keep their keys.
     nar_print = ([nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
-                 + (["node_raw"] if node_raw else []) + ([f"members={members}"] if members > 1 else [])
+                 + (["node_raw"] if node_raw else []) + (["node_align"] if node_align else [])
+                 + ([f"members={members}"] if members > 1 else [])
                  + ([f"offset={offset}-shrink{DEFAULT_SHRINK}"] if offset == "opcost" else [])
                  + (["no_static_codes"] if not static_codes else [])
                  + ([f"pretrain={Path(pretrain).name}:{Path(pretrain).stat().st_size}"] if pretrain else [])
@@ -513,6 +516,9 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
     _add_once(p, "--node-raw", action="store_true",
               help="NAR-Former latency: append each operator's own numbers (attributes, output shape, "
                    "its MACs, parameters and memory access, standardised) to its 480-value token")
+    _add_once(p, "--node-align", action="store_true",
+              help="NAR-Former latency: append to each token whether the operator's channel counts "
+                   "fill whole SIMD blocks of 8 and 16 floats (onnxruntime's NCHWc blocks)")
     _add_once(p, "--no-static-codes", action="store_true",
               help="NAR-Former latency: the head reads the four standardised static features only, "
                    "not their sin/cos codes (needs the raw features, so not with --no-static-raw)")

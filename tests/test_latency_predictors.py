@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 
 from narformer_core.latency.measure import measure_onnx
-from narformer_core.latency.predictors import (NODE_RAW_DIM, NODE_RAW_NUMBERS, LatencyCheckpointError,
-                                               NARFormerLatency, gnn_node_features, load_predictor,
-                                               make_predictor, node_raw_features, static_log_features)
+from narformer_core.latency.predictors import (NODE_ALIGN_DIM, NODE_RAW_DIM, NODE_RAW_NUMBERS,
+                                               LatencyCheckpointError, NARFormerLatency, gnn_node_features,
+                                               load_predictor, make_predictor, node_align_features,
+                                               node_raw_features, static_log_features)
 from narformer_core.metrics import mape
 from narformer_core.onnx_import import from_torch
 
@@ -251,6 +252,42 @@ def test_node_raw_features_carry_each_operators_numbers(measured):
     assert flags[relu, 0] == 0 and f[relu, 0] == 0  # a Relu has no kernel
     # its own MACs: 8 output channels x 24 x 24 x (3 x 5 x 5)
     assert np.isclose(f[conv, 12], np.log1p(8 * 24 * 24 * 3 * 25))
+
+
+def test_node_align_features_flag_channels_off_the_simd_blocks(measured):
+    graphs, _ = measured
+    by_width = {}
+    for g in graphs:
+        conv = [i for i, n in enumerate(g.nodes) if n.op == "Conv"]
+        by_width[g.nodes[conv[0]].shape[1]] = (g, conv)
+    g8, conv = by_width[8]
+    f = node_align_features(g8)
+    assert f.shape == (len(g8), NODE_ALIGN_DIM)
+    # 8 output channels: a whole block of 8, half a block of 16; its input (the 3-channel image)
+    # fills neither.
+    assert f[conv[0]].tolist() == [1, 0, 1, 1, 1]
+    g24, conv = by_width[24]
+    assert node_align_features(g24)[conv[0], :3].tolist() == [1, 0, 1]
+    g48, conv = by_width[48]
+    assert node_align_features(g48)[conv[0], :3].tolist() == [1, 0, 0]
+    # Operators without a 4-D output (the classifier's Gemm) have no flags.
+    gemm = [i for i, n in enumerate(g48.nodes) if n.op == "Gemm"][0]
+    assert node_align_features(g48)[gemm, :3].tolist() == [0, 0, 0]
+
+
+def test_narformer_node_align_round_trip(measured, tmp_path):
+    graphs, y = measured
+    p = NARFormerLatency(model=TINY_NAR["model"], train={**TINY_NAR["train"], "epochs": 3},
+                         node_raw=True, node_align=True).fit(graphs, y, seed=0)
+    assert p.model_config().token_dim == 480 + NODE_RAW_DIM + NODE_ALIGN_DIM and p.meta["node_align"]
+    toks = p._tokens(graphs[:2])
+    assert toks.width == 480 + NODE_RAW_DIM + NODE_ALIGN_DIM
+    q = load_predictor(p.save(tmp_path / "align.pt"))
+    assert q.node_align and q.node_raw
+    np.testing.assert_allclose(q.predict(graphs), p.predict(graphs), rtol=1e-5)
+    # Checkpoints from before the option load with it off.
+    st = torch.load(tmp_path / "align.pt", weights_only=True)
+    assert st["config"]["node_align"] is True
 
 
 def test_narformer_node_raw_and_bf16_round_trip(measured, tmp_path):

@@ -37,6 +37,8 @@ issue 3, and the operator-cost sum NAR-Former's residual can start from.
   shows each operator type of a training network as "unknown" with that probability; a fitted
   predictor records its training operator types (``known_ops``), names a network's unseen ones
   (``unseen_ops``), and, when trained that way, shows them to the model as "unknown".
+  Session 20: ``node_align`` appends to each token whether the operator's input and output channel
+  counts fill whole SIMD blocks of 8 and of 16 floats (``node_align_features``).
 * ``FlopsRegression``: ridge regression of log latency on a degree-2 polynomial of the log
   static features (the classic "latency from FLOPs" proxy, with params and memory access).
 * ``NNLPGraphNet``: an NNLP-style graph network in plain torch: node features = op one-hot +
@@ -375,7 +377,7 @@ class NARFormerLatency(LatencyPredictor):
     def __init__(self, model: dict | None = None, train: dict | None = None, static_raw: bool = True,
                  device: str = "cpu", scheme: str = "nerf", node_raw: bool = False, members: int = 1,
                  static_codes: bool = True, offset: str = "flops", pretrain: str | os.PathLike | None = None,
-                 pretrain_teacher: str | os.PathLike | None = None):
+                 pretrain_teacher: str | os.PathLike | None = None, node_align: bool = False):
         super().__init__()
         # A structure set (latency/pretrain.py): unmeasured networks the transformer first learns
         # the operator-cost sum's latency of (fitted on the fit's training networks), before the
@@ -416,6 +418,12 @@ class NARFormerLatency(LatencyPredictor):
         # Per-operator numbers beside each 480-value token (node_raw_features): the token's
         # sin/cos codes tell values apart but carry no "bigger" direction (see static_raw above).
         self.node_raw = bool(node_raw)
+        # Channel alignment flags beside each token (node_align_features). Why: onnxruntime's CPU
+        # convolutions and pools work on blocks of 8 (AVX2) or 16 (AVX-512) channels; on the Intel
+        # host the NB201 networks with 8 or 24 channels ran ~30% slower than the operator-cost sum
+        # says and those with 16 or 32 ~10% faster (session 20). A sin/cos code of a channel count
+        # has no simple direction that means "24 is not a multiple of 16".
+        self.node_align = bool(node_align)
         # Several networks trained alike from other initial seeds, their outputs averaged (in the
         # target's log units, so a geometric mean of ms): what the shipped accuracy files do too.
         if int(members) < 1:
@@ -438,7 +446,8 @@ class NARFormerLatency(LatencyPredictor):
 
         extra = 4 if self.static_raw else 0
         codes = STATIC_DIM if self.static_codes else 0
-        token_dim = NETWORK_TOKEN_DIM + (NODE_RAW_DIM if self.node_raw else 0)
+        token_dim = (NETWORK_TOKEN_DIM + (NODE_RAW_DIM if self.node_raw else 0)
+                     + (NODE_ALIGN_DIM if self.node_align else 0))
         return NARFormerConfig(**{**self.model_overrides, "token_dim": token_dim,
                                   "depth_dim": NETWORK_DEPTH_DIM, "head": "latency",
                                   "static_dim": codes + extra})
@@ -468,6 +477,11 @@ class NARFormerLatency(LatencyPredictor):
             nodes = recoded
         if self.node_raw:
             nodes = [np.concatenate([t, self._node_numbers(g)], axis=1) for t, g in zip(nodes, graphs)]
+        if self.node_align:
+            # The end token comes last and has no channels: a row of zeros.
+            nodes = [np.concatenate([t, np.concatenate([_cached("nodealign", g, node_align_features),
+                                                        np.zeros((1, NODE_ALIGN_DIM), np.float32)]).astype(t.dtype)],
+                                    axis=1) for t, g in zip(nodes, graphs)]
         # Token i is operator i (the end token comes last and has no edges).
         edges = [_cached("edges", g, graph_edges) for g in graphs] if self.model_config().uses_edges else None
         return TokenSet(np.stack([p[0] for p in parts]), nodes, static, edges=edges, op_ids=op_ids,
@@ -570,7 +584,7 @@ class NARFormerLatency(LatencyPredictor):
                                      "val_history": [round(h["val_mape_raw"], 3) for h in pre_run["history"]]}
         self.meta.update({"n_train": n_train, "train_fingerprint": train_fingerprint,
                           "n_val": len(vg), "twins": cfg.twins, "node_raw": self.node_raw,
-                          "members": self.members, "member_val_mape": self.summary.get("member_val_mape"),
+                          "node_align": self.node_align, "members": self.members, "member_val_mape": self.summary.get("member_val_mape"),
                           "val_mape": self.summary["val_mape"], "selected": self.summary["selected"],
                           "selected_epoch": self.summary["selected_epoch"],
                           "train_seconds": self.summary["train_seconds"]})
@@ -630,7 +644,8 @@ class NARFormerLatency(LatencyPredictor):
                            "model_overrides": _plain(self.model_overrides),
                            "train": _plain(self.train_overrides), "static_raw": self.static_raw,
                            "static_codes": self.static_codes, "offset": self.offset,
-                           "scheme": self.scheme, "node_raw": self.node_raw, "members": self.members,
+                           "scheme": self.scheme, "node_raw": self.node_raw, "node_align": self.node_align,
+                           "members": self.members,
                            "known_ops": self.known_ops},
                 # One network: "state_dict". An ensemble: its first member there, the rest in
                 # "member_state_dicts" (so a file reads the same way either way).
@@ -654,6 +669,7 @@ class NARFormerLatency(LatencyPredictor):
         self.static_codes = bool(c.get("static_codes", True))     # checkpoints before the option: codes
         self.scheme = c.get("scheme", "nerf")      # checkpoints before the option: nerf
         self.node_raw = bool(c.get("node_raw", False))
+        self.node_align = bool(c.get("node_align", False))   # checkpoints before session 20: off
         known = c.get("known_ops")                 # checkpoints before session 14: None
         if known is not None and not (isinstance(known, list) and all(isinstance(k, str) for k in known)):
             raise LatencyCheckpointError("the latency checkpoint's known_ops is not a list of operator names")
@@ -754,6 +770,30 @@ def node_raw_features(g: ArchGraph) -> np.ndarray:
     rows = per_node_features(g)
     cost = np.log1p(np.array([[r["flops"], r["params"], r["memory_access"]] for r in rows], dtype=np.float64))
     return np.concatenate([feats[:, base:base + k], cost.astype(np.float32), feats[:, base + k:]], axis=1)
+
+
+NODE_ALIGN_DIM = 5
+
+
+def node_align_features(g: ArchGraph) -> np.ndarray:
+    """(n, NODE_ALIGN_DIM) float32 per operator: [has a 4-D output, output channels not a multiple
+    of 8, not of 16, first input's channels not a multiple of 8, not of 16] (0 where there is no
+    4-D tensor). Host-neutral on purpose: which block size matters is what a fit on one host's
+    measurements learns."""
+    out = np.zeros((len(g.nodes), NODE_ALIGN_DIM), np.float32)
+
+    def channels(node):
+        return int(node.shape[1]) if len(node.shape) == 4 and int(node.shape[1]) > 0 else None
+
+    for i, node in enumerate(g.nodes):
+        c_out = channels(node)
+        c_in = channels(g.nodes[node.inputs[0]]) if node.inputs else None
+        out[i, 0] = c_out is not None
+        if c_out is not None:
+            out[i, 1:3] = (c_out % 8 != 0, c_out % 16 != 0)
+        if c_in is not None:
+            out[i, 3:5] = (c_in % 8 != 0, c_in % 16 != 0)
+    return out
 
 
 def node_raw_presence(f: np.ndarray) -> np.ndarray:
@@ -1041,7 +1081,7 @@ def merge_narformer_ensembles(paths: Sequence[str | os.PathLike]) -> NARFormerLa
         if not isinstance(q, NARFormerLatency):
             raise ValueError(f"{Path(pth).name} is not a NAR-Former latency checkpoint")
     sa = first._state()
-    keys = ("model", "static_raw", "static_codes", "offset", "scheme", "node_raw", "known_ops")
+    keys = ("model", "static_raw", "static_codes", "offset", "scheme", "node_raw", "node_align", "known_ops")
 
     def fitted_like_first(q) -> bool:
         sb = q._state()
