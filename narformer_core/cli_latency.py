@@ -356,12 +356,14 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     nar_print = ([nar_model, nar_train, static_raw] + ([scheme] if scheme != "nerf" else [])
                  + (["node_raw"] if node_raw else []) + (["node_align"] if node_align else [])
                  + ([f"members={members}"] if members > 1 else [])
-                 + ([f"offset={offset}-shrink{DEFAULT_SHRINK}"] if offset == "opcost" else [])
+                 + ([f"offset={offset}-shrink{DEFAULT_SHRINK}-blocks"] if offset == "opcost" else [])
                  + (["no_static_codes"] if not static_codes else [])
                  + ([f"pretrain={Path(pretrain).name}:{Path(pretrain).stat().st_size}"] if pretrain else [])
+                 # Session 20: the pretraining proxy (cost sum) splits its kinds by channel blocks.
+                 + (["proxy=opcost-blocks"] if pretrain and not teacher else [])
                  + ([f"teacher={_file_digest(teacher)}"] if teacher else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
-                   "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": f"nnls-relative-shrink{DEFAULT_SHRINK}"}
+                   "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": f"nnls-relative-shrink{DEFAULT_SHRINK}-blocks"}
     if fingerprints is not None:
         fingerprints.update({names[k]: fingerprint[k] for k in kinds})
     return {names[k]: make[k] for k in kinds}

@@ -285,10 +285,10 @@ def test_residual_offset_reaches_the_predictor_and_its_cache_key():
     prints = {}
     made = _factories(argparse.Namespace(predictors="narformer", node_raw=True, offset="opcost"), prints)
     assert made["NAR-Former"]().offset == "opcost"
-    assert json.loads(prints["NAR-Former"]) == [{}, {}, True, "node_raw", "offset=opcost-shrink1.0"]
+    assert json.loads(prints["NAR-Former"]) == [{}, {}, True, "node_raw", "offset=opcost-shrink1.0-blocks"]
     # The default offset keeps the keys of fits cached before the option existed.
     made = _factories(argparse.Namespace(predictors="narformer", node_raw=True, offset="flops"), prints)
     assert made["NAR-Former"]().offset == "flops" and json.loads(prints["NAR-Former"]) == [{}, {}, True, "node_raw"]
     made = _factories(argparse.Namespace(predictors="narformer", offset="opcost", no_static_codes=True), prints)
     assert not made["NAR-Former"]().static_codes
-    assert json.loads(prints["NAR-Former"]) == [{}, {}, True, "offset=opcost-shrink1.0", "no_static_codes"]
+    assert json.loads(prints["NAR-Former"]) == [{}, {}, True, "offset=opcost-shrink1.0-blocks", "no_static_codes"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from narformer_core.graph import ArchGraph, Node
-from narformer_core.latency.op_cost import (_SCALE, COST_TERMS, OperatorCostModel, operator_category,
-                                            operator_cost_terms, operator_kind)
+from narformer_core.latency.op_cost import (_SCALE, COST_TERMS, OperatorCostModel, channel_block_suffix,
+                                            operator_category, operator_cost_terms, operator_kind)
 from narformer_core.latency.predictors import LatencyCheckpointError, NARFormerLatency, load_predictor
 from narformer_core.metrics import mape
 from tests.test_latency_predictors import TINY_NAR, constant_mape, measured  # noqa: F401 (fixture)
@@ -22,6 +22,36 @@ def test_convolutions_are_split_by_kernel_and_grouping():
     assert operator_kind(conv((7, 7))) == "Conv/other"
     assert operator_kind(conv((3, 3), group=32)) == "Conv/grouped"
     assert operator_kind(Node("Relu", (0,))) == "Relu"
+
+
+def test_channel_blocks_split_kinds_by_the_worse_of_input_and_output(measured):
+    def net(c_in, c_out):
+        return ArchGraph([Node("input", (), {}, (1, c_in, 8, 8)),
+                          Node("Conv", (0,), {"kernel_shape": (3, 3)}, (1, c_out, 8, 8)),
+                          Node("Relu", (1,), {}, (1, c_out, 8, 8)),
+                          Node("Flatten", (2,), {}, (1, c_out * 64))])
+    assert channel_block_suffix(net(32, 48), net(32, 48).nodes[1]) == ""
+    assert channel_block_suffix(net(32, 24), net(32, 24).nodes[1]) == "/c8"
+    assert channel_block_suffix(net(3, 32), net(3, 32).nodes[1]) == "/c1"     # the image's 3 channels
+    g = net(16, 24)
+    assert channel_block_suffix(g, g.nodes[3]) == ""                          # a 2-D output: no blocks
+    assert set(operator_cost_terms(g, channel_blocks=True)) == {"Conv/3x3/c8", "Relu/c8", "Flatten"}
+    assert set(operator_cost_terms(g)) == {"Conv/3x3", "Relu", "Flatten"}
+    # A suffixed kind keeps its category (its costs are pulled towards the plain kind's fellows).
+    assert operator_category("Conv/3x3/c1") == "conv" and operator_category("AveragePool/c8") == "pool"
+    # New fits split; a model saved before the option (no key) loads unsplit.
+    graphs, y = measured
+    m = OperatorCostModel().fit(graphs, y)
+    assert m.channel_blocks and any(k.endswith("/c1") for k in m.kinds)
+    st = m._state()
+    assert st["channel_blocks"] is True
+    old = OperatorCostModel(channel_blocks=False).fit(graphs, y)
+    st_old = old._state()
+    del st_old["channel_blocks"]
+    loaded = OperatorCostModel()
+    loaded._load_state(st_old)
+    assert not loaded.channel_blocks
+    np.testing.assert_allclose(loaded.predict_ms(graphs), old.predict_ms(graphs))
 
 
 def test_terms_sum_over_operators_of_a_kind(measured):

@@ -4,7 +4,10 @@
                                                    input elements_i, 1] / (1e6, ..., 1)
 
 k(i) is the operator's kind: its ONNX type, with convolutions split into grouped (depthwise or
-not), 1x1, 3x3 and other kernels, whose cost per MAC differs several-fold on a CPU. The weights are
+not), 1x1, 3x3 and other kernels, whose cost per MAC differs several-fold on a CPU. Since session
+20 (``channel_blocks``, the default of new fits) every operator on a 4-D tensor is split further
+by whether its output and first input's channel counts fill whole blocks of 16 channels (no
+suffix), of 8 only ("/c8"), or neither ("/c1"), the worse of the two deciding. The weights are
 fitted by non-negative least squares on the relative error (each row divided by its latency),
 the error MAPE measures; non-negative, every term is a cost: milliseconds per million MACs of a
 3x3 convolution, per million elements a Relu writes, per call of an Add.
@@ -51,12 +54,44 @@ def operator_kind(node) -> str:
     return "Conv/other"
 
 
+# Why channel blocks: onnxruntime runs convolutions and pools in its NCHWc layout, channels in
+# blocks of 16 floats on AVX-512 (8 on AVX2), and a tensor that fills no whole block is padded or
+# stays in the plain layout with reorders around it. On the Intel host (session 20) NB201 networks
+# with 8 or 24 channels ran ~30% slower than the unsplit sum said, relative to those with 16 or
+# 32, and splitting the kinds took the sum's validation MAPE from 5.83% to ~4% (AMD labels: 7.50%
+# to ~6.2%). Three classes rather than one block size: which block matters is the host's, and the
+# fit learns it from that host's measurements.
+BLOCK_SUFFIXES = ("", "/c8", "/c1")
+
+
+def channel_block_suffix(g: ArchGraph, node) -> str:
+    """"" / "/c8" / "/c1": the worst channel blocking of ``node``'s 4-D output and first input."""
+    def channels(n):
+        return int(n.shape[1]) if len(n.shape) == 4 and int(n.shape[1]) > 0 else None
+
+    c_out = channels(node)
+    if c_out is None:
+        return ""
+    c_in = channels(g.nodes[node.inputs[0]]) if node.inputs else None
+    worst = max(0 if c % 16 == 0 else 1 if c % 8 == 0 else 2 for c in (c_out, c_in) if c is not None)
+    return BLOCK_SUFFIXES[worst]
+
+
+def base_kind(kind: str) -> str:
+    """The kind without its channel-block suffix."""
+    for suffix in BLOCK_SUFFIXES[1:]:
+        if kind.endswith(suffix):
+            return kind[:-len(suffix)]
+    return kind
+
+
 def _elements(shape) -> float:
     return float(np.prod(shape)) if shape and all(int(d) > 0 for d in shape) else 0.0
 
 
-def operator_cost_terms(g: ArchGraph) -> dict[str, np.ndarray]:
-    """{operator kind: summed COST_TERMS over the network's operators of that kind} (unscaled)."""
+def operator_cost_terms(g: ArchGraph, channel_blocks: bool = False) -> dict[str, np.ndarray]:
+    """{operator kind: summed COST_TERMS over the network's operators of that kind} (unscaled);
+    with ``channel_blocks`` the kinds carry their channel-block suffix."""
     from ..features import per_node_features
 
     out: dict[str, np.ndarray] = {}
@@ -66,7 +101,7 @@ def operator_cost_terms(g: ArchGraph) -> dict[str, np.ndarray]:
             continue
         terms = np.array([row["flops"], row["memory_access"] - row["params"], row["params"],
                           sum(_elements(g.nodes[j].shape) for j in node.inputs), 1.0])
-        kind = operator_kind(node)
+        kind = operator_kind(node) + (channel_block_suffix(g, node) if channel_blocks else "")
         out[kind] = out.get(kind, 0.0) + terms
     return out
 
@@ -82,6 +117,7 @@ _DATA_MOVEMENT = {"Concat", "Split", "Slice", "Transpose", "Reshape", "Flatten",
 
 def operator_category(kind: str) -> str:
     """conv, matmul, pool, data movement or elementwise (the default: activations, arithmetic, norms)."""
+    kind = base_kind(kind)
     if kind.startswith("Conv"):
         return "conv"
     if kind in _MATMUL:
@@ -104,10 +140,12 @@ class OperatorCostModel:
 
     name = "operator-cost sum"
 
-    def __init__(self, shrink: float = DEFAULT_SHRINK):
+    def __init__(self, shrink: float = DEFAULT_SHRINK, channel_blocks: bool = True):
         if not (np.isfinite(shrink) and shrink >= 0):
             raise ValueError(f"shrink must be a non-negative number, got {shrink}")
         self.shrink = float(shrink)
+        # Kinds split by channel blocks (module docstring); off in models saved before session 20.
+        self.channel_blocks = bool(channel_blocks)
         self.kinds: list[str] = []
         self.weights: np.ndarray | None = None          # (len(kinds) * 5 + 1,), the last one the constant
         self.categories: list[str] = []
@@ -158,7 +196,7 @@ class OperatorCostModel:
 
         graphs = _check_graphs(graphs)
         y = _check_ms(latencies_ms, len(graphs))
-        terms = [_cached("opcost", g, operator_cost_terms) for g in graphs]
+        terms = [self._terms(g) for g in graphs]
         self.kinds = sorted({k for t in terms for k in t})
         self.categories = sorted({operator_category(k) for k in self.kinds})
         n, K, G = len(COST_TERMS), len(self.kinds), len(self.categories)
@@ -182,15 +220,21 @@ class OperatorCostModel:
         self.category_weights = v[K * n:K * n + G * n] if self.shrink > 0 else None
         return self
 
+    def _terms(self, g: ArchGraph) -> dict[str, np.ndarray]:
+        from .predictors import _cached
+
+        if self.channel_blocks:
+            return _cached("opcost-blocks", g, lambda g: operator_cost_terms(g, channel_blocks=True))
+        return _cached("opcost", g, operator_cost_terms)
+
     def predict_ms(self, graphs) -> np.ndarray:
         if self.weights is None:
             raise ValueError("the operator-cost model is not fitted")
-        from .predictors import _cached
 
         # Each kind at its own costs, or its category's when training never saw it (_kind_weights).
         ms = np.full(len(graphs), float(self.weights[-1]))
         for r, g in enumerate(graphs):
-            ms[r] += sum(self._kind_ms(kind, t) or 0.0 for kind, t in _cached("opcost", g, operator_cost_terms).items())
+            ms[r] += sum(self._kind_ms(kind, t) or 0.0 for kind, t in self._terms(g).items())
         # A network made only of unknown kinds could sum to 0 ms: keep the log finite.
         return np.maximum(ms, 1e-3)
 
@@ -202,7 +246,7 @@ class OperatorCostModel:
         slowest first, plus the fixed per-run cost; ``by_category``: a kind not seen in training,
         costed as its category; ms None where even that is unknown."""
         rows = []
-        for kind, t in operator_cost_terms(graph).items():
+        for kind, t in operator_cost_terms(graph, self.channel_blocks).items():
             rows.append({"kind": kind, "ms": self._kind_ms(kind, t),
                          "operators": int(t[COST_TERMS.index("calls")]), "by_category": kind not in self.kinds})
         rows.sort(key=lambda r: -1.0 if r["ms"] is None else r["ms"], reverse=True)
@@ -216,7 +260,7 @@ class OperatorCostModel:
 
     def _state(self) -> dict:
         st = {"kind": "opcost", "kinds": list(self.kinds), "weights": torch.from_numpy(np.asarray(self.weights)),
-              "shrink": self.shrink, "categories": list(self.categories)}
+              "shrink": self.shrink, "categories": list(self.categories), "channel_blocks": self.channel_blocks}
         if self.category_weights is not None:
             st["category_weights"] = torch.from_numpy(np.asarray(self.category_weights))
         return st
@@ -235,3 +279,4 @@ class OperatorCostModel:
                 raise ValueError("an operator-cost model has finite, non-negative weights only")
         self.kinds, self.weights, self.categories, self.category_weights = kinds, w, cats, cw
         self.shrink = float(st.get("shrink", 0.0))
+        self.channel_blocks = bool(st.get("channel_blocks", False))     # saved before session 20: off

@@ -320,7 +320,7 @@ class OperatorCostSum(LatencyPredictor):
     def _state(self):
         st = self.model._state()
         arrays = {k: st[k] for k in ("weights", "category_weights") if k in st}
-        return {"config": {k: st[k] for k in ("kinds", "categories", "shrink")}, "arrays": arrays}
+        return {"config": {k: st[k] for k in ("kinds", "categories", "shrink", "channel_blocks")}, "arrays": arrays}
 
     def _load_state(self, st):
         self.model = OperatorCostModel()
@@ -610,7 +610,8 @@ class NARFormerLatency(LatencyPredictor):
             check_teacher_split(teacher, tg, vg, vy, self.pretrain_teacher)
             proxy, name = teacher.predict(graphs), f"teacher {Path(self.pretrain_teacher).name}"
         else:
-            proxy, name = np.exp(OperatorCostModel().fit(tg, ty).predict_log(graphs)), "operator-cost sum"
+            proxy, name = (np.exp(OperatorCostModel().fit(tg, ty).predict_log(graphs)),
+                           "operator-cost sum (channel blocks)")
         return self._tokens(graphs), _finite_ms(proxy, name), self._offsets(graphs), name
 
     def predict(self, graphs):
