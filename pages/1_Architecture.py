@@ -192,6 +192,10 @@ def show_latency_prediction(graph: ArchGraph, key: str) -> None:
                        "elements written and read, per parameter and per call, added up."
                        + (f" {predictor.name} multiplies that sum by what its transformer reads in the "
                           f"network's structure ({ms / total:.2f}x here)." if predictor.kind == "narformer" else "")
+                       + (" A kind ending in /c8 or /c1 runs on channel counts that are a multiple of 8 "
+                          "but not 16, or of neither: CPU kernels work on blocks of 8 or 16 channels, and "
+                          "a tensor that fills no whole block costs more per MAC."
+                          if any(r["kind"].endswith(("/c8", "/c1")) for r in costs) else "")
                        + (f" Kinds never seen in training, costed as their category (conv, matmul, pool, "
                           f"data movement or elementwise): {', '.join(guessed)}." if guessed else "")
                        + (f" Kinds with no cost at all (their category was never seen either): {', '.join(unseen)}."
