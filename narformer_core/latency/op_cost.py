@@ -64,15 +64,17 @@ def operator_kind(node) -> str:
 BLOCK_SUFFIXES = ("", "/c8", "/c1")
 
 
+def channel_count(node) -> int | None:
+    """The channels of ``node``'s output if it is a 4-D (NCHW) tensor of known size, else None."""
+    return int(node.shape[1]) if len(node.shape) == 4 and int(node.shape[1]) > 0 else None
+
+
 def channel_block_suffix(g: ArchGraph, node) -> str:
     """"" / "/c8" / "/c1": the worst channel blocking of ``node``'s 4-D output and first input."""
-    def channels(n):
-        return int(n.shape[1]) if len(n.shape) == 4 and int(n.shape[1]) > 0 else None
-
-    c_out = channels(node)
+    c_out = channel_count(node)
     if c_out is None:
         return ""
-    c_in = channels(g.nodes[node.inputs[0]]) if node.inputs else None
+    c_in = channel_count(g.nodes[node.inputs[0]]) if node.inputs else None
     worst = max(0 if c % 16 == 0 else 1 if c % 8 == 0 else 2 for c in (c_out, c_in) if c is not None)
     return BLOCK_SUFFIXES[worst]
 
