@@ -619,7 +619,9 @@ def pretraining_sentence(meta: dict) -> str | None:
 
     def what(pre: dict) -> str:
         proxy = str(pre.get("proxy") or "operator-cost sum")
-        source = ("the operator-cost sum fitted on its training networks" if proxy == "operator-cost sum"
+        # "operator-cost sum" before session 20, "operator-cost sum (channel blocks)" since.
+        blocks = " (its kinds split by channel blocks)" if "channel blocks" in proxy else ""
+        source = (f"the operator-cost sum{blocks} fitted on its training networks" if proxy.startswith("operator-cost sum")
                   else "a teacher ensemble fitted on the same training networks (self-training)")
         return f"{int(pre.get('networks', 0)):,} unmeasured zoo networks (`{pre.get('set')}`; their latency from {source})"
 

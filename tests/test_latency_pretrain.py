@@ -171,7 +171,7 @@ def test_teacher_labels_the_pretraining_networks_only_from_its_own_split(labelle
     # The teacher's numbers, not the cost sum's, are what it pretrained on: it differs from a
     # student whose proxy is the operator-cost sum (same seed, same measured data).
     costsum = NARFormerLatency(**TINY, pretrain=structure_set).fit(*train, val=val, seed=0)
-    assert costsum.meta["pretrain"]["proxy"] == "operator-cost sum"
+    assert costsum.meta["pretrain"]["proxy"] == "operator-cost sum (channel blocks)"
     assert not np.allclose(student.predict(graphs), costsum.predict(graphs), rtol=1e-4)
     # A teacher fitted on other training networks is refused: by fingerprint ...
     other = NARFormerLatency(**TINY).fit(graphs[2:], y[2:], val=(graphs[:2], y[:2]), seed=0)
@@ -226,6 +226,8 @@ def test_merging_a_student_and_its_teacher_averages_all_members(labelled, struct
     sentence = svc.pretraining_sentence(merged.meta)
     assert "3 networks from 2 fits" in sentence and "2 not pretrained" in sentence and "self-training" in sentence
     assert "operator-cost sum" in svc.pretraining_sentence({"pretrain": {"set": "s", "networks": 4}})
+    split = svc.pretraining_sentence({"pretrain": {"set": "s", "networks": 4, "proxy": "operator-cost sum (channel blocks)"}})
+    assert "channel blocks" in split and "self-training" not in split
     assert svc.pretraining_sentence({}) is None
     # The command line writes the merged file and records a measured validation figure.
     out = tmp_path / "merged.pt"
