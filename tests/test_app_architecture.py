@@ -235,6 +235,9 @@ def test_operator_cost_predictor_shows_where_the_time_goes(at, onnx_bytes, monke
     shown = next(m.value for m in at.metric if m.label == "Predicted latency")
     assert shown == f"{sum(r['ms'] for r in costs if r['ms'] is not None):.3f} ms"
     assert "bar" in trace_types(at)
+    # Kinds split by channel blocks (the tiny net's first conv reads 3 channels) are explained.
+    assert any(r["kind"].endswith("/c1") for r in costs)
+    assert any("A kind ending in /c8 or /c1" in c.value for c in at.caption)
 
 
 def test_latency_without_a_trained_predictor_says_how_to_train(at, onnx_bytes):
