@@ -582,9 +582,8 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
     refs = {r.get("reference_spec_id") for m in pass_maps for r in m.values()}
     level, rolling = None, None
     if len(refs) == 1 and None not in refs:
-        level = float(np.median([_ref_speed(r) for m in pass_maps for r in m.values()]))
-        if reference_level is not None:
-            level = float(reference_level)
+        level = (float(reference_level) if reference_level is not None
+                 else float(np.median([_ref_speed(r) for m in pass_maps for r in m.values()])))
         rolling = [rolling_reference_speed(recs, reference_window) for recs in pass_records]
     out = Path(out)
     written, missing, mismatched = [], 0, 0

@@ -194,7 +194,7 @@ class OperatorCostModel:
         penalty is in relative-latency units; categories are fitted together with the kinds.
         """
         from scipy.optimize import nnls
-        from .predictors import _cached, _check_graphs, _check_ms
+        from .predictors import _check_graphs, _check_ms
 
         graphs = _check_graphs(graphs)
         y = _check_ms(latencies_ms, len(graphs))

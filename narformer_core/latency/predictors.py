@@ -479,10 +479,7 @@ class NARFormerLatency(LatencyPredictor):
         if self.node_raw:
             nodes = [np.concatenate([t, self._node_numbers(g)], axis=1) for t, g in zip(nodes, graphs)]
         if self.node_align:
-            # The end token comes last and has no channels: a row of zeros.
-            nodes = [np.concatenate([t, np.concatenate([_cached("nodealign", g, node_align_features),
-                                                        np.zeros((1, NODE_ALIGN_DIM), np.float32)]).astype(t.dtype)],
-                                    axis=1) for t, g in zip(nodes, graphs)]
+            nodes = [np.concatenate([t, self._node_flags(g).astype(t.dtype)], axis=1) for t, g in zip(nodes, graphs)]
         # Token i is operator i (the end token comes last and has no edges).
         edges = [_cached("edges", g, graph_edges) for g in graphs] if self.model_config().uses_edges else None
         return TokenSet(np.stack([p[0] for p in parts]), nodes, static, edges=edges, op_ids=op_ids,
@@ -512,6 +509,10 @@ class NARFormerLatency(LatencyPredictor):
         z = (f[:, :k] - self.node_mu) / self.node_sd * node_raw_presence(f)   # an absent number stays 0
         end = np.zeros((1, NODE_RAW_DIM), np.float32)                         # the end token has no numbers
         return np.concatenate([np.concatenate([z, f[:, k:]], axis=1), end]).astype(np.float16)
+
+    def _node_flags(self, g) -> np.ndarray:
+        f = _cached("nodealign", g, node_align_features)
+        return np.concatenate([f, np.zeros((1, NODE_ALIGN_DIM), np.float32)])   # the end token has no channels
 
     def _offsets(self, graphs):
         return None if self.offset_model is None else self.offset_model.predict_log(graphs)
