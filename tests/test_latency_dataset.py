@@ -303,3 +303,24 @@ def test_a_key_without_cpu_generation_joins_its_generation_but_not_another(built
             f.write(json.dumps(recs[1]) + "\n")
         with pytest.raises(ds.DatasetError, match="several platforms"):
             ds.load_dataset(other)
+
+
+def test_a_structure_set_is_timed_by_remeasure_and_labelled_by_combine(tmp_path):
+    """Session 21: new networks drawn untimed (a structure set) get their labels from two passes."""
+    from narformer_core.latency.pretrain import structure_record
+
+    structures = tmp_path / "structures.jsonl.gz"
+    with gzip.open(structures, "wt") as f:
+        for spec in SPECS[:2]:
+            f.write(json.dumps(structure_record(spec)[0]) + "\n")
+    with pytest.raises(ds.DatasetError, match="not a latency record"):
+        ds.load_records(structures)              # a data set is still a timed one
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    res = ds.remeasure(structures, a, 2, measure=QUICK, progress=False)
+    assert res["added"] == 2 and "mape" not in res          # no first timing to agree with
+    ds.remeasure(structures, b, 2, measure=QUICK, progress=False, start_at=1)
+    assert all(r["first_median_ms"] is None for r in ds.load_records(a, require_graph=False))
+    out = ds.combine_passes(structures, [a, b], tmp_path / "labelled.jsonl.gz")
+    assert out["records"] == 2
+    records, graphs, y = ds.load_dataset(tmp_path / "labelled.jsonl.gz", column="min_ms")
+    assert len(graphs) == 2 and np.all(y > 0) and all("kind" not in r for r in records)

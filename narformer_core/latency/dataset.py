@@ -97,11 +97,12 @@ def structure_fields(spec: Mapping, graph: ArchGraph, networks) -> dict:
             "n_nodes": len(graph), "static": static_features(graph)}
 
 
-def load_records(path: str | os.PathLike, require_graph: bool = True) -> list[dict]:
+def load_records(path: str | os.PathLike, require_graph: bool = True, structures: bool = False) -> list[dict]:
     """Every complete record of a data set file (a damaged last line is skipped with a warning).
 
     Re-measurement files carry no graphs (the first file has them): read them with
-    ``require_graph=False``.
+    ``require_graph=False``. ``structures``: also accept untimed records of a structure set
+    (``kind: "structure"``, latency/pretrain.py), which :func:`remeasure` can time for the first time.
     """
     path = Path(path)
     if not path.exists():
@@ -109,7 +110,8 @@ def load_records(path: str | os.PathLike, require_graph: bool = True) -> list[di
     records = read_complete_lines(path)
     for i, r in enumerate(records):
         missing = [k for k in ("spec_id", "graph", "median_ms") if k not in r
-                   and (require_graph or k != "graph")]
+                   and (require_graph or k != "graph")
+                   and not (structures and k == "median_ms" and r.get("kind") == "structure")]
         if missing:
             raise DatasetError(f"{path} line {i + 1} is not a latency record: it lacks {missing}")
     return records
@@ -460,7 +462,7 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
         return outside_zoo if spec.get("family") in outside_zoo.FAMILIES else zoo
 
     source, out = Path(source), Path(out)
-    first = load_records(source)
+    first = load_records(source, structures=True)
     done = {r["spec_id"] for r in _open_for_append(out)}
     if int(stride) < 1:
         raise ValueError(f"stride must be at least 1, got {stride}")
@@ -503,7 +505,7 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
                                    "the zoo's spec format changed since the first measurement")
             same = record["graph_hash"] == r0.get("graph_hash")
             mismatched += not same
-            record.update({"first_median_ms": r0["median_ms"], "first_measured_at": r0.get("measured_at"),
+            record.update({"first_median_ms": r0.get("median_ms"), "first_measured_at": r0.get("measured_at"),
                            "first_platform_key": r0.get("platform_key"), "same_graph": same})
             del record["graph"]        # the first file has it; graph_hash ties the two together
             _append(out, record)
@@ -511,15 +513,18 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
                 _store_in_db(database, record, graph, note=f"re-measurement {out.name}")
             added += 1
             if bar:
-                bar.set_postfix_str(f"{r0['median_ms']:.2f} -> {record['median_ms']:.2f} ms")
+                first_ms = f"{r0['median_ms']:.2f} -> " if "median_ms" in r0 else ""
+                bar.set_postfix_str(f"{first_ms}{record['median_ms']:.2f} ms")
                 bar.update(1)
     finally:
         if bar:
             bar.close()
         if database is not None:
             database.close()
+    # A structure set has no first timing to agree with: its passes meet in combine_passes.
+    untimed = any("median_ms" not in r for r in first)
     return {"path": str(out), "added": added, "seconds": round(time.perf_counter() - t0, 1),
-            "graph_mismatches": mismatched, **test_retest(source, out)}
+            "graph_mismatches": mismatched, **({} if untimed else test_retest(source, out))}
 
 
 # ------------------------------------------------------------------ several passes, one label
@@ -563,7 +568,7 @@ def combine_passes(source: str | os.PathLike, passes: Sequence[str | os.PathLike
         raise DatasetError(f"the reference window cannot be negative, got {reference_window}")
     if reference_level is not None and not float(reference_level) > 0:
         raise DatasetError(f"the reference level must be a positive time, got {reference_level}")
-    src = load_records(source)
+    src = load_records(source, structures=True)
     pass_maps, pass_records = [], []
     for p in passes:
         recs = load_records(p, require_graph=False)
