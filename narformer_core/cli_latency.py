@@ -323,6 +323,7 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
     scheme = getattr(args, "token_scheme", None) or "nerf"
     node_raw = bool(getattr(args, "node_raw", False))
     node_align = bool(getattr(args, "node_align", False))
+    prior_blend = bool(getattr(args, "prior_blend", False))
     members = int(getattr(args, "members", None) or 1)
     offset = getattr(args, "offset", None) or "flops"
     static_codes = not getattr(args, "no_static_codes", False)
@@ -340,7 +341,7 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
                                              static_raw=static_raw, scheme=scheme, node_raw=node_raw,
                                              members=members, offset=offset, static_codes=static_codes,
                                              pretrain=pretrain, pretrain_teacher=teacher,
-                                             node_align=node_align),
+                                             node_align=node_align, prior_blend=prior_blend),
         "flops": lambda: make_predictor("flops"),
         "nnlp": lambda: make_predictor("nnlp", **nnlp),
         "opcost": lambda: make_predictor("opcost"),
@@ -361,7 +362,8 @@ def _factories(args, fingerprints: dict | None = None) -> dict:
                  + ([f"pretrain={Path(pretrain).name}:{Path(pretrain).stat().st_size}"] if pretrain else [])
                  # Session 20: the pretraining proxy (cost sum) splits its kinds by channel blocks.
                  + (["proxy=opcost-blocks"] if pretrain and not teacher else [])
-                 + ([f"teacher={_file_digest(teacher)}"] if teacher else []))
+                 + ([f"teacher={_file_digest(teacher)}"] if teacher else [])
+                 + (["prior=opcost-blocks"] if prior_blend else []))
     fingerprint = {"narformer": json.dumps(nar_print, sort_keys=True),
                    "flops": "ridge-poly2", "nnlp": json.dumps(nnlp, sort_keys=True), "opcost": f"nnls-relative-shrink{DEFAULT_SHRINK}-blocks"}
     if fingerprints is not None:
@@ -417,6 +419,7 @@ def bench_latency(args) -> int:
         bad = sorted(set(lofo) - set(fams))
         if bad:
             raise UserError(f"--lofo-families {bad} are not in {dataset}")
+    extra = _extra_train(args, dataset, records)
     t0 = time.perf_counter()
     # Finished fits go to a cache beside --out, so a stopped benchmark resumes where it was.
     cache = Path(str(args.out) + ".fits.jsonl") if args.out else None
@@ -432,11 +435,15 @@ def bench_latency(args) -> int:
                 "platform_key": records[0].get("platform_key"), "families": sorted(set(fams)),
                 "bench_seed": args.seed, "test_indices": fit["test_indices"],
                 "test_mape": fit["test_mape"], "test_acc10": fit["test_acc10"]})
+            if extra is not None:
+                predictor.meta["extra_train"] = {"path": str(args.extra_train), "n": len(extra[1])}
             slug = predictor.kind if getattr(predictor, "kind", None) else fit["predictor"].replace(" ", "_")
             predictor.save(save_dir / f"{slug}_in_domain.pt")
     res = latency_bench(graphs, y, fams, factories, seed=args.seed, lofo=not args.no_lofo,
                         lofo_families=lofo, progress=not args.quiet, cache=cache, fingerprints=prints,
-                        on_fitted=on_fitted)
+                        on_fitted=on_fitted, extra=None if extra is None else extra[:3])
+    if extra is not None:
+        res["extra_train"] = {"path": str(args.extra_train), "n": len(extra[1]), "per_family": extra[3]}
     res.update({"dataset": str(dataset), "n_networks": len(graphs), "column": args.column,
                 "platform_key": records[0].get("platform_key"), "seconds": round(time.perf_counter() - t0, 1),
                 "seed": args.seed})
@@ -462,6 +469,31 @@ def bench_latency(args) -> int:
             f = res["test_retest_floor"]
             print(f"test-retest floor: MAPE {f.get('mape')}% / Acc(10%) {f.get('acc10')}% over {f.get('n')} networks")
     return 0
+
+
+def _extra_train(args, dataset: Path, records: list) -> tuple | None:
+    """``--extra-train``: (graphs, ms, families, count per family) of measured networks that only
+    ever train; refused if they were timed on another platform or repeat a network of the set."""
+    path = getattr(args, "extra_train", None)
+    if not path:
+        return None
+    from collections import Counter
+
+    from .latency.dataset import load_dataset
+
+    if not Path(path).is_file():
+        raise UserError(f"no data set at {path} (--extra-train)")
+    x_records, x_graphs, x_ms = load_dataset(Path(path), column=args.column)
+    keys = {r.get("platform_key") for r in x_records}
+    if keys != {records[0].get("platform_key")}:
+        raise UserError(f"--extra-train {path} was timed on {sorted(map(str, keys))}, the data set on "
+                        f"{records[0].get('platform_key')}: milliseconds of two platforms do not mix")
+    same = {r["graph_hash"] for r in records} & {r["graph_hash"] for r in x_records}
+    if same:
+        raise UserError(f"--extra-train {path} repeats {len(same)} networks of {dataset.name}: "
+                        "they could be test networks")
+    fams = [r["family"] for r in x_records]
+    return x_graphs, x_ms, fams, dict(sorted(Counter(fams).items()))
 
 
 def _bench_nb201(args) -> int:
@@ -521,6 +553,9 @@ def _add_predictor_args(p: argparse.ArgumentParser, bench: bool) -> None:
     _add_once(p, "--node-align", action="store_true",
               help="NAR-Former latency: append to each token whether the operator's channel counts "
                    "fill whole SIMD blocks of 8 and 16 floats (onnxruntime's NCHWc blocks)")
+    _add_once(p, "--prior-blend", action="store_true",
+              help="NAR-Former latency: blend the prediction (in log) with the operator-cost sum fitted on the "
+                   "same training networks, its weight (0 to 0.5) chosen on the fit's validation networks")
     _add_once(p, "--no-static-codes", action="store_true",
               help="NAR-Former latency: the head reads the four standardised static features only, "
                    "not their sin/cos codes (needs the raw features, so not with --no-static-raw)")
@@ -688,6 +723,9 @@ def register(sub, bench_parser) -> None:
     b = bench_parser
     _add_once(b, "--no-lofo", action="store_true", help="latency: in-domain only")
     _add_once(b, "--lofo-families", default=None, help="latency: hold out only these families (comma-separated)")
+    _add_once(b, "--extra-train", default=None, metavar="DATASET",
+              help="latency: further measured networks (same platform, same --column) that join every training "
+                   "set and never test or validate; the splits of --dataset stay as they are")
     _add_once(b, "--retest", default=str(DEFAULT_RETEST),
               help="latency: re-measurement file for the test-retest floor line")
     _add_once(b, "--save-in-domain", default=None, metavar="DIR",

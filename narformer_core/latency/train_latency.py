@@ -614,7 +614,8 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
                   lofo_families: Sequence[str] | None = None, progress: bool = True,
                   on_result: Callable[[dict], None] | None = None,
                   cache: str | os.PathLike | None = None, fingerprints: dict | None = None,
-                  on_fitted: Callable[[dict, Any], None] | None = None) -> dict:
+                  on_fitted: Callable[[dict, Any], None] | None = None,
+                  extra: tuple[Sequence, Any, Sequence[str]] | None = None) -> dict:
     """In-domain (90/10 per family) and leave-one-family-out scores of several predictors.
 
     ``predictors`` maps a column name to a factory ``() -> LatencyPredictor`` (a fresh, unfitted
@@ -629,10 +630,22 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
 
     ``on_fitted(fit, predictor)``: called after every fit that was trained (not taken from the
     cache), e.g. to keep the in-domain model, whose test networks it has never seen.
+
+    ``extra``: (graphs, ms, families) of further measured networks that only ever train. The
+    splits of ``graphs`` stay what they are without them: the same test networks, and the same
+    validation networks (the share a predictor would hold out of its training networks, handed
+    to it explicitly so that the extra ones never validate). Out of domain, the extra networks
+    of the held-out family are left out with it.
     """
     y_ms = np.asarray(y_ms, dtype=np.float64)
-    data_id = hashlib.sha256(json.dumps([np.round(y_ms, 6).tolist(), list(map(str, families))]).encode()
-                             ).hexdigest()[:12]
+    ident = [np.round(y_ms, 6).tolist(), list(map(str, families))]
+    if extra is not None:
+        x_graphs, x_ms, x_fam = extra
+        x_ms, x_fam = np.asarray(x_ms, dtype=np.float64), np.asarray([str(f) for f in x_fam])
+        if not (len(x_graphs) == len(x_ms) == len(x_fam)):
+            raise ValueError("extra networks: graphs, latencies and families differ in length")
+        ident.append([np.round(x_ms, 6).tolist(), x_fam.tolist()])
+    data_id = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
     fingerprints = fingerprints or {}
     done: dict = {}
     cache = Path(cache) if cache else None
@@ -664,7 +677,11 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
                     # Unmeasured networks of the held-out family would show it to the model before
                     # its test: a pretraining set loses that family in the fold.
                     p.pretrain_exclude_families = {held_out}
-                p = p.fit([graphs[i] for i in a], y_ms[a], seed=seed)
+                if extra is None:
+                    p = p.fit([graphs[i] for i in a], y_ms[a], seed=seed)
+                else:
+                    p = _fit_with_extra(p, graphs, y_ms, a, extra=(x_graphs, x_ms, x_fam), held_out=held_out,
+                                        seed=seed)
                 pred = p.predict([graphs[i] for i in b])
                 sc = _scores(pred, y_ms[b], fam[b])
                 fit = {"setting": setting, "held_out": held_out, "predictor": name, "n_train": len(a),
@@ -695,6 +712,22 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
                 "mape": round(float(np.mean([v["mape"] for v in per.values()])), 3),
                 "acc10": round(float(np.mean([v["acc10"] for v in per.values()])), 2)}
     return res
+
+
+def _fit_with_extra(p, graphs, y_ms, a, *, extra, held_out, seed):
+    """Fit ``p`` on training networks ``a`` plus the extra ones; validation stays the share of
+    ``a`` that ``p.fit`` would have held out of ``a`` alone (same seed, same order)."""
+    from .predictors import _split_val
+
+    x_graphs, x_ms, x_fam = extra
+    keep = np.flatnonzero(x_fam != held_out) if held_out is not None else np.arange(len(x_fam))
+    xg, xy = [x_graphs[i] for i in keep], x_ms[keep]
+    if not getattr(p, "uses_validation", True):
+        return p.fit([graphs[i] for i in a] + xg, np.concatenate([y_ms[a], xy]), seed=seed)
+    fit, val = _split_val(len(a), seed)
+    fit, val = np.asarray(a)[fit], np.asarray(a)[val]
+    return p.fit([graphs[i] for i in fit] + xg, np.concatenate([y_ms[fit], xy]),
+                 val=([graphs[i] for i in val], y_ms[val]), seed=seed)
 
 
 def bench_table(res: dict) -> str:
