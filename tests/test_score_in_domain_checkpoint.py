@@ -49,3 +49,32 @@ def test_rebuilds_the_fits_validation_and_test_networks(tmp_path, capsys):
     del p.meta["test_indices"]
     with pytest.raises(SystemExit, match="not an in-domain bench checkpoint"):
         score_mod.score(str(p.save(tmp_path / "bare.pt")))
+
+
+@pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
+def test_add_prior_scores_the_fit_with_and_without_its_cost_sum(tmp_path, capsys):
+    with gzip.open(DEV_SET, "rt") as f:
+        lines = [next(f) for _ in range(40)]
+    data = tmp_path / "mini.jsonl.gz"
+    with gzip.open(data, "wt") as f:
+        f.writelines(lines)
+    records, graphs, y = load_dataset(data, column="median_ms")
+    fam = np.array([r["family"] for r in records])
+    train, test = family_split(fam, 0)
+    tiny = {"model": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": (1, 1, 1, 1), "head_hidden": 64},
+            "train": {"epochs": 2, "batch_size": 8}}
+    p = make_predictor("narformer", **tiny).fit([graphs[i] for i in train], y[train], seed=0)
+    p.meta.update({"dataset": str(data), "column": "median_ms", "bench_seed": 0, "test_indices": test.tolist()})
+    ckpt = p.save(tmp_path / "nar.pt")
+    plain = score_mod.score(str(ckpt))
+    assert "with_prior" not in plain
+    row = score_mod.score(str(ckpt), add_prior=True)
+    curve = row["prior_added"]["val_curve"]
+    w = row["with_prior"]["prior_weight"]
+    assert row["with_prior"]["val_mape"] == pytest.approx(min(curve.values()), abs=2e-3)
+    assert row["with_prior"]["val_mape"] == pytest.approx(curve[f"{w:g}"], abs=2e-3)
+    # Weight 0 is the fit as it was.
+    assert row["without_prior"]["val_mape"] == pytest.approx(plain["val_mape"], abs=1e-3)
+    assert row["without_prior"]["test_mape"] == pytest.approx(plain["test_mape"], abs=1e-3)
+    assert score_mod.main([str(ckpt), "--add-prior"]) == 0
+    assert "with the cost-sum prior" in capsys.readouterr().out

@@ -595,7 +595,9 @@ class NARFormerLatency(LatencyPredictor):
         else:
             self.net = nets[0]
         if self.prior_blend:
-            self._fit_prior(tg, ty, vg, vy, val_tokens, off_val)
+            curve = self.fit_prior(tg, ty, vg, vy)
+            self.summary = {**self.summary, "val_mape_ensemble": curve[0.0], "val_mape": curve[self.prior_weight],
+                            "prior_val_curve": {f"{w:g}": round(v, 4) for w, v in curve.items()}}
         if pre_run is not None:
             self.meta["pretrain"] = {"set": Path(self.pretrain).name, "networks": pre_run["networks"],
                                      "proxy": pre_run["proxy"],
@@ -614,17 +616,18 @@ class NARFormerLatency(LatencyPredictor):
                               "prior_val_curve": self.summary["prior_val_curve"]})
         return self
 
-    def _fit_prior(self, tg, ty, vg, vy, val_tokens, off_val) -> None:
-        """Fit the cost-sum prior on the training networks and pick its weight on validation."""
-        from .train_latency import predict_raw
-
-        self.prior_model = OperatorCostModel().fit(tg, ty)
-        own = np.log(self.target.inverse(predict_raw(self.net, val_tokens, self.device), off_val))
-        prior = self.prior_model.predict_log(vg)
+    def fit_prior(self, train_graphs, train_ms, val_graphs, val_ms) -> dict:
+        """Fit the cost-sum prior on the training networks and pick its weight by the validation
+        MAPE (also callable on a fitted ensemble that was trained without it). Returns the
+        validation MAPE per weight."""
+        self.prior_model, self.prior_weight = OperatorCostModel().fit(train_graphs, train_ms), 0.0
+        own = np.log(self.predict(val_graphs))          # weight 0: the ensemble alone
+        prior = self.prior_model.predict_log(val_graphs)
+        vy = _check_ms(val_ms, len(val_graphs))
         curve = {w: mape(np.exp((1 - w) * own + w * prior), vy) for w in PRIOR_WEIGHTS}
         self.prior_weight = float(min(PRIOR_WEIGHTS, key=lambda w: (round(curve[w], 9), w)))
-        self.summary = {**self.summary, "val_mape_ensemble": curve[0.0], "val_mape": curve[self.prior_weight],
-                        "prior_val_curve": {f"{w:g}": round(v, 4) for w, v in curve.items()}}
+        self.prior_blend = True
+        return curve
 
     def _blend(self, ms: np.ndarray, graphs) -> np.ndarray:
         if self.prior_model is None or self.prior_weight == 0:
