@@ -616,7 +616,8 @@ def register(sub, bench_parser) -> None:
                    "postgresql:// URL)")
     p.add_argument("--remeasure", type=int, default=0, metavar="K",
                    help="re-measure the first K networks of --from into --out instead")
-    p.add_argument("--from", dest="source", default=None, help="the data set to re-measure")
+    p.add_argument("--from", dest="source", default=None, help="the data set to re-measure, or a structure set (latency structure-set) to time for the "
+                        "first time; `latency combine --source` takes it too")
     p.add_argument("--start-at", type=int, default=0, metavar="I",
                    help="with --remeasure: begin at network I of the K and wrap around (two passes with "
                    "starts K/2 apart time each network far apart in time; run them one after the other: "
