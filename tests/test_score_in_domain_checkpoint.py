@@ -19,15 +19,20 @@ spec.loader.exec_module(score_mod)
 DEV_SET = ROOT / "assets" / "latency" / "zoo_cpu.jsonl.gz"
 
 
-@pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
-def test_rebuilds_the_fits_validation_and_test_networks(tmp_path, capsys):
+def mini_set(tmp_path):
+    """The first 40 networks of the development set, as a data set file of their own."""
     with gzip.open(DEV_SET, "rt") as f:
         lines = [next(f) for _ in range(40)]
     data = tmp_path / "mini.jsonl.gz"
     with gzip.open(data, "wt") as f:
         f.writelines(lines)
     records, graphs, y = load_dataset(data, column="median_ms")
-    fam = np.array([r["family"] for r in records])
+    return data, graphs, y, np.array([r["family"] for r in records])
+
+
+@pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
+def test_rebuilds_the_fits_validation_and_test_networks(tmp_path, capsys):
+    data, graphs, y, fam = mini_set(tmp_path)
     assert len(set(fam)) >= 2
     train, test = family_split(fam, 3)
     p = make_predictor("flops").fit([graphs[i] for i in train], y[train], seed=3)
@@ -53,13 +58,7 @@ def test_rebuilds_the_fits_validation_and_test_networks(tmp_path, capsys):
 
 @pytest.mark.skipif(not DEV_SET.exists(), reason="the measured development set is not in assets/latency")
 def test_add_prior_scores_the_fit_with_and_without_its_cost_sum(tmp_path, capsys):
-    with gzip.open(DEV_SET, "rt") as f:
-        lines = [next(f) for _ in range(40)]
-    data = tmp_path / "mini.jsonl.gz"
-    with gzip.open(data, "wt") as f:
-        f.writelines(lines)
-    records, graphs, y = load_dataset(data, column="median_ms")
-    fam = np.array([r["family"] for r in records])
+    data, graphs, y, fam = mini_set(tmp_path)
     train, test = family_split(fam, 0)
     tiny = {"model": {"d_model": 32, "n_heads": 2, "ffn_dim": 64, "depths": (1, 1, 1, 1), "head_hidden": 64},
             "train": {"epochs": 2, "batch_size": 8}}
