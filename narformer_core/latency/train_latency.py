@@ -645,6 +645,7 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
         if not (len(x_graphs) == len(x_ms) == len(x_fam)):
             raise ValueError("extra networks: graphs, latencies and families differ in length")
         ident.append([np.round(x_ms, 6).tolist(), x_fam.tolist()])
+        extra = (x_graphs, x_ms, x_fam)
     data_id = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
     fingerprints = fingerprints or {}
     done: dict = {}
@@ -680,8 +681,7 @@ def latency_bench(graphs, y_ms, families, predictors: dict, *, seed: int = 0, lo
                 if extra is None:
                     p = p.fit([graphs[i] for i in a], y_ms[a], seed=seed)
                 else:
-                    p = _fit_with_extra(p, graphs, y_ms, a, extra=(x_graphs, x_ms, x_fam), held_out=held_out,
-                                        seed=seed)
+                    p = _fit_with_extra(p, graphs, y_ms, a, extra=extra, held_out=held_out, seed=seed)
                 pred = p.predict([graphs[i] for i in b])
                 sc = _scores(pred, y_ms[b], fam[b])
                 fit = {"setting": setting, "held_out": held_out, "predictor": name, "n_train": len(a),
