@@ -1,6 +1,8 @@
 """The Latency lab and Data pages through AppTest."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -266,7 +268,7 @@ def test_the_lab_uses_stored_held_out_predictions_only_of_the_same_checkpoint_fi
     assert app_services.heldout_predictions(ckpt, own, "median_ms", test) is None
 
 
-@pytest.mark.parametrize("name", ["narformer_latency.pt", "nnlp_latency.pt"])
+@pytest.mark.parametrize("name", ["narformer_latency.pt", "nnlp_latency.pt", "narformer_latency_intel_xeon.pt"])
 def test_shipped_held_out_predictions_are_the_checkpoints_own(name):
     """The stored numbers the Latency lab shows are what the shipped checkpoint predicts today."""
     from narformer_core.latency.predictors import load_predictor
@@ -275,7 +277,8 @@ def test_shipped_held_out_predictions_are_the_checkpoints_own(name):
     if not app_services.heldout_predictions_file(ckpt).exists():
         pytest.skip("no stored held-out predictions")
     pred = load_predictor(ckpt)
-    reference = app_services.PROJECT_ROOT / "assets" / "latency" / "zoo2000_s14.jsonl.gz"
+    reference = app_services.PROJECT_ROOT / "assets" / "latency" / Path(pred.meta["dataset"]).name
+    assert reference.is_file()                    # its own data set ships, so its held-out networks are known
     df = app_services.latency_dataset(pred.meta["platform_key"], pred.meta["column"], reference)
     rows = app_services.held_out_rows(pred.meta, reference, len(df))
     stored = app_services.heldout_predictions(ckpt, reference, pred.meta["column"], rows)
