@@ -436,14 +436,14 @@ def bench_latency(args) -> int:
                 "bench_seed": args.seed, "test_indices": fit["test_indices"],
                 "test_mape": fit["test_mape"], "test_acc10": fit["test_acc10"]})
             if extra is not None:
-                predictor.meta["extra_train"] = {"path": str(args.extra_train), "n": len(extra[1])}
+                predictor.meta["extra_train"] = _extra_train_note(args, extra)
             slug = predictor.kind if getattr(predictor, "kind", None) else fit["predictor"].replace(" ", "_")
             predictor.save(save_dir / f"{slug}_in_domain.pt")
     res = latency_bench(graphs, y, fams, factories, seed=args.seed, lofo=not args.no_lofo,
                         lofo_families=lofo, progress=not args.quiet, cache=cache, fingerprints=prints,
                         on_fitted=on_fitted, extra=None if extra is None else extra[:3])
     if extra is not None:
-        res["extra_train"] = {"path": str(args.extra_train), "n": len(extra[1]), "per_family": extra[3]}
+        res["extra_train"] = {**_extra_train_note(args, extra), "per_family": extra[3]}
     res.update({"dataset": str(dataset), "n_networks": len(graphs), "column": args.column,
                 "platform_key": records[0].get("platform_key"), "seconds": round(time.perf_counter() - t0, 1),
                 "seed": args.seed})
@@ -473,27 +473,43 @@ def bench_latency(args) -> int:
 
 def _extra_train(args, dataset: Path, records: list) -> tuple | None:
     """``--extra-train``: (graphs, ms, families, count per family) of measured networks that only
-    ever train; refused if they were timed on another platform or repeat a network of the set."""
-    path = getattr(args, "extra_train", None)
-    if not path:
+    ever train, from one file or several; refused if one was timed on another platform, or repeats
+    a network of the set (it could be a test network) or of another extra file (it would count twice)."""
+    paths = [Path(p) for p in (getattr(args, "extra_train", None) or [])]
+    if not paths:
         return None
     from collections import Counter
 
+    import numpy as np
+
     from .latency.dataset import load_dataset
 
-    if not Path(path).is_file():
-        raise UserError(f"no data set at {path} (--extra-train)")
-    x_records, x_graphs, x_ms = load_dataset(Path(path), column=args.column)
-    keys = {r.get("platform_key") for r in x_records}
-    if keys != {records[0].get("platform_key")}:
-        raise UserError(f"--extra-train {path} was timed on {sorted(map(str, keys))}, the data set on "
-                        f"{records[0].get('platform_key')}: milliseconds of two platforms do not mix")
-    same = {r["graph_hash"] for r in records} & {r["graph_hash"] for r in x_records}
-    if same:
-        raise UserError(f"--extra-train {path} repeats {len(same)} networks of {dataset.name}: "
-                        "they could be test networks")
-    fams = [r["family"] for r in x_records]
-    return x_graphs, x_ms, fams, dict(sorted(Counter(fams).items()))
+    platform = records[0].get("platform_key")
+    seen = {r["graph_hash"]: dataset.name for r in records}
+    graphs, ms, fams = [], [], []
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"no data set at {path} (--extra-train)")
+        x_records, x_graphs, x_ms = load_dataset(path, column=args.column)
+        keys = {r.get("platform_key") for r in x_records}
+        if keys != {platform}:
+            raise UserError(f"--extra-train {path} was timed on {sorted(map(str, keys))}, the data set on "
+                            f"{platform}: milliseconds of two platforms do not mix")
+        again = Counter(seen[r["graph_hash"]] for r in x_records if r["graph_hash"] in seen)
+        if again:
+            where = ", ".join(f"{n} of {name}" for name, n in sorted(again.items()))
+            raise UserError(f"--extra-train {path} repeats networks ({where})"
+                            + (": they could be test networks" if dataset.name in again else ""))
+        seen.update({r["graph_hash"]: path.name for r in x_records})
+        graphs += list(x_graphs)
+        ms.append(np.asarray(x_ms, dtype=np.float64))
+        fams += [r["family"] for r in x_records]
+    return graphs, np.concatenate(ms), fams, dict(sorted(Counter(fams).items()))
+
+
+def _extra_train_note(args, extra: tuple) -> dict:
+    """What a fit's metadata and the bench result say about ``--extra-train``."""
+    return {"paths": [str(p) for p in args.extra_train], "n": len(extra[1])}
 
 
 def _bench_nb201(args) -> int:
@@ -724,9 +740,10 @@ def register(sub, bench_parser) -> None:
     b = bench_parser
     _add_once(b, "--no-lofo", action="store_true", help="latency: in-domain only")
     _add_once(b, "--lofo-families", default=None, help="latency: hold out only these families (comma-separated)")
-    _add_once(b, "--extra-train", default=None, metavar="DATASET",
-              help="latency: further measured networks (same platform, same --column) that join every training "
-                   "set and never test or validate; the splits of --dataset stay as they are")
+    _add_once(b, "--extra-train", default=None, nargs="+", metavar="DATASET",
+              help="latency: further measured networks, one file or several (same platform, same --column, "
+                   "no network twice), that join every training set and never test or validate; the splits "
+                   "of --dataset stay as they are")
     _add_once(b, "--retest", default=str(DEFAULT_RETEST),
               help="latency: re-measurement file for the test-retest floor line")
     _add_once(b, "--save-in-domain", default=None, metavar="DIR",

@@ -13,7 +13,7 @@ A NAR-Former fit with the cost-sum prior (``--prior-blend``) is scored twice: as
 the prior's weight set to 0 (the ensemble alone). ``--add-prior`` gives a fit made without the
 option its prior the way the option would have (the cost sum fitted on the fit's training
 networks, the weight picked on its validation networks; session 21), and scores both.
-Checkpoints of fits with ``--extra-train`` name that file; its networks join the training ones.
+Checkpoints of fits with ``--extra-train`` name those files; their networks join the training ones.
 """
 from __future__ import annotations
 
@@ -59,8 +59,7 @@ def score(path: str, add_prior: bool = False) -> dict:
            "recorded_val_mape": meta.get("val_mape"), **_figures(p, graphs, y, fam, val, test)}
     if add_prior and getattr(p, "prior_model", 1) is None:
         fit_graphs, fit_y = [graphs[i] for i in fit], y[fit]
-        extra = (meta.get("extra_train") or {}).get("path")
-        if extra:
+        for extra in extra_train_paths(meta):
             _, xg, xy = load_dataset(extra, column=meta["column"])
             fit_graphs, fit_y = fit_graphs + xg, np.concatenate([fit_y, xy])
         curve = p.fit_prior(fit_graphs, fit_y, [graphs[i] for i in val], y[val])
@@ -72,6 +71,12 @@ def score(path: str, add_prior: bool = False) -> dict:
         out["without_prior"] = _figures(p, graphs, y, fam, val, test)
         p.prior_weight = w
     return out
+
+
+def extra_train_paths(meta: dict) -> list[str]:
+    """The ``--extra-train`` files a fit names: ``paths`` (session 22 on) or ``path`` (session 21)."""
+    x = meta.get("extra_train") or {}
+    return [str(p) for p in (x.get("paths") or ([x["path"]] if x.get("path") else []))]
 
 
 def main(argv=None) -> int:

@@ -95,3 +95,61 @@ def test_extra_networks_only_train_and_leave_every_split_as_it_was(labelled):  #
     assert held_b["train"][-2:] == [id(extra_graphs[0]), id(extra_graphs[3])]   # "b" left out
     # The fit cache tells the two data sets apart.
     assert len(_Spy.calls) == 4 and res["in_domain"]["spy"]["a"]["n"] == base["in_domain"]["spy"]["a"]["n"]
+
+
+def _data_set(path, lines, platform=None):
+    """A data set file of these record lines (their platform replaced when given)."""
+    import gzip
+    import json
+
+    if platform:
+        lines = [json.dumps({**json.loads(ln), "platform_key": platform}) + "\n" for ln in lines]
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines)
+    return path
+
+
+def test_extra_train_takes_several_files_and_refuses_repeats_and_other_platforms(tmp_path, capsys):
+    """Session 22: ``--extra-train A B`` trains on both files' networks; a network twice, another
+    platform's milliseconds or a missing file is refused before anything is fitted."""
+    import gzip
+    import json
+
+    from test_score_in_domain_checkpoint import DEV_SET, score_mod
+
+    from narformer_core.cli import main as cli_main
+
+    if not DEV_SET.exists():
+        pytest.skip("the measured development set is not in assets/latency")
+    with gzip.open(DEV_SET, "rt") as f:
+        lines = [next(f) for _ in range(120)]
+    data = _data_set(tmp_path / "set.jsonl.gz", lines[:60])
+    a = _data_set(tmp_path / "a.jsonl.gz", lines[60:90])
+    b = _data_set(tmp_path / "b.jsonl.gz", lines[90:120])
+    out = tmp_path / "bench.json"
+
+    def bench(*extra):
+        return cli_main(["bench", "latency", "--dataset", str(data), "--column", "median_ms", "--predictors", "flops",
+                         "--no-lofo", "--quiet", "--out", str(out), "--save-in-domain", str(tmp_path / "fits"),
+                         "--extra-train", *map(str, extra)])
+
+    assert bench(a, b) == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["extra_train"]["paths"] == [str(a), str(b)] and res["extra_train"]["n"] == 60
+    assert sum(res["extra_train"]["per_family"].values()) == 60
+    meta = load_predictor(tmp_path / "fits" / "flops_in_domain.pt").meta
+    assert score_mod.extra_train_paths(meta) == [str(a), str(b)]
+    # Session 21's checkpoints name one file as "path".
+    assert score_mod.extra_train_paths({"extra_train": {"path": "x.jsonl.gz", "n": 3}}) == ["x.jsonl.gz"]
+    assert score_mod.extra_train_paths({}) == []
+
+    capsys.readouterr()
+    other = _data_set(tmp_path / "other.jsonl.gz", lines[60:90], platform="cpu-Other_CPU-ort1.0-t1-b1")
+    repeat = _data_set(tmp_path / "repeat.jsonl.gz", lines[55:70])
+    overlap = _data_set(tmp_path / "overlap.jsonl.gz", lines[85:100])
+    for files, message in (([other], "milliseconds of two platforms do not mix"),
+                           ([repeat], "repeats networks (5 of set.jsonl.gz): they could be test networks"),
+                           ([a, overlap], "repeats networks (5 of a.jsonl.gz)"),
+                           ([a, tmp_path / "none.jsonl.gz"], "no data set at")):
+        assert bench(*files) == 2
+        assert message in capsys.readouterr().err
