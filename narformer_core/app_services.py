@@ -634,6 +634,26 @@ def pretraining_sentence(meta: dict) -> str | None:
                                      for m in merged) + ".")
 
 
+def extra_training_sentence(meta: dict, prior_weight: float = 0.0) -> str | None:
+    """What else a latency checkpoint learnt from beyond its own data set's training networks:
+    measured networks of ``--extra-train`` files (session 21) and the cost-sum prior's blend
+    (``prior_weight``: the loaded predictor's, which is what it predicts with).
+    Why: "never saw N of M networks" alone would let a reader assume it trained on the rest only."""
+    out = []
+    from .latency.dataset import extra_train_paths
+
+    files = [Path(p).name for p in extra_train_paths(meta)]
+    n = (meta.get("extra_train") or {}).get("n")
+    if files and n:
+        out.append(f"It also trained on {int(n):,} further measured networks that are not in that set "
+                   f"({', '.join(f'`{f}`' for f in files)}).")
+    w = float(prior_weight or 0.0)
+    if w > 0:
+        out.append(f"Its prediction is blended (in log) with the operator-cost sum's, weight {w:.2f} "
+                   "chosen on its validation networks.")
+    return " ".join(out) or None
+
+
 def cost_breakdown(predictor, graph: ArchGraph) -> list[dict] | None:
     """The operator-cost sum's estimate per operator kind of ``graph``, when ``predictor`` has one
     (the "opcost" kind, or NAR-Former with ``offset="opcost"``, whose residual multiplies it)."""

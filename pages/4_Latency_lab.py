@@ -172,6 +172,9 @@ else:
             pretrained = svc.pretraining_sentence(predictor.meta)
             if pretrained:
                 st.caption(pretrained)
+            extra = svc.extra_training_sentence(predictor.meta, getattr(predictor, "prior_weight", 0.0))
+            if extra:
+                st.caption(extra)
             st.plotly_chart(plots.pred_vs_truth(pred, meas, hover=zoo["description"].to_numpy()[rows],
                                                 x_title="measured (ms)", y_title="predicted (ms)", name="zoo networks"),
                             key="lat_zoo_scatter", width="stretch")

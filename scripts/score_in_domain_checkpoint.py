@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from narformer_core.latency.dataset import load_dataset  # noqa: E402
+from narformer_core.latency.dataset import extra_train_paths, load_dataset  # noqa: E402
 from narformer_core.latency.predictors import _split_val, load_predictor  # noqa: E402
 from narformer_core.latency.train_latency import _scores, family_split  # noqa: E402
 from narformer_core.metrics import mape  # noqa: E402
@@ -71,12 +71,6 @@ def score(path: str, add_prior: bool = False) -> dict:
         out["without_prior"] = _figures(p, graphs, y, fam, val, test)
         p.prior_weight = w
     return out
-
-
-def extra_train_paths(meta: dict) -> list[str]:
-    """The ``--extra-train`` files a fit names: ``paths`` (session 22 on) or ``path`` (session 21)."""
-    x = meta.get("extra_train") or {}
-    return [str(p) for p in (x.get("paths") or ([x["path"]] if x.get("path") else []))]
 
 
 def main(argv=None) -> int:

@@ -115,9 +115,10 @@ def test_extra_train_takes_several_files_and_refuses_repeats_and_other_platforms
     import gzip
     import json
 
-    from test_score_in_domain_checkpoint import DEV_SET, score_mod
+    from test_score_in_domain_checkpoint import DEV_SET
 
     from narformer_core.cli import main as cli_main
+    from narformer_core.latency.dataset import extra_train_paths
 
     if not DEV_SET.exists():
         pytest.skip("the measured development set is not in assets/latency")
@@ -138,10 +139,10 @@ def test_extra_train_takes_several_files_and_refuses_repeats_and_other_platforms
     assert res["extra_train"]["paths"] == [str(a), str(b)] and res["extra_train"]["n"] == 60
     assert sum(res["extra_train"]["per_family"].values()) == 60
     meta = load_predictor(tmp_path / "fits" / "flops_in_domain.pt").meta
-    assert score_mod.extra_train_paths(meta) == [str(a), str(b)]
+    assert extra_train_paths(meta) == [str(a), str(b)]
     # Session 21's checkpoints name one file as "path".
-    assert score_mod.extra_train_paths({"extra_train": {"path": "x.jsonl.gz", "n": 3}}) == ["x.jsonl.gz"]
-    assert score_mod.extra_train_paths({}) == []
+    assert extra_train_paths({"extra_train": {"path": "x.jsonl.gz", "n": 3}}) == ["x.jsonl.gz"]
+    assert extra_train_paths({}) == []
 
     capsys.readouterr()
     other = _data_set(tmp_path / "other.jsonl.gz", lines[60:90], platform="cpu-Other_CPU-ort1.0-t1-b1")
@@ -153,3 +154,15 @@ def test_extra_train_takes_several_files_and_refuses_repeats_and_other_platforms
                            ([a, tmp_path / "none.jsonl.gz"], "no data set at")):
         assert bench(*files) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_lab_says_what_else_a_checkpoint_trained_on():
+    from narformer_core import app_services as svc
+
+    assert svc.extra_training_sentence({}) is None
+    assert svc.extra_training_sentence({"extra_train": {"path": "a/x.jsonl.gz", "n": 1000}}, 0.0) == (
+        "It also trained on 1,000 further measured networks that are not in that set (`x.jsonl.gz`).")
+    both = svc.extra_training_sentence({"extra_train": {"paths": ["a/x.jsonl.gz", "b/y.jsonl.gz"], "n": 2000}}, 0.15)
+    assert "2,000 further measured networks" in both and "`x.jsonl.gz`, `y.jsonl.gz`" in both
+    assert "weight 0.15 chosen on its validation networks" in both
+    assert svc.extra_training_sentence({}, 0.3).startswith("Its prediction is blended")

@@ -711,3 +711,10 @@ def summarize(path: str | os.PathLike) -> dict:
         "families": {f: {"n": len(v), "min_ms": round(min(v), 3), "median_ms": round(float(np.median(v)), 3),
                          "max_ms": round(max(v), 3)} for f, v in sorted(fams.items())},
     }
+
+
+def extra_train_paths(meta: dict) -> list[str]:
+    """The ``bench latency --extra-train`` files a fit's metadata names: ``extra_train.paths``
+    (session 22 on) or the one ``extra_train.path`` of session 21's fits."""
+    x = meta.get("extra_train") or {}
+    return [str(p) for p in (x.get("paths") or ([x["path"]] if x.get("path") else []))]
