@@ -639,9 +639,9 @@ def extra_training_sentence(meta: dict, prior_weight: float = 0.0) -> str | None
     measured networks of ``--extra-train`` files (session 21) and the cost-sum prior's blend
     (``prior_weight``: the loaded predictor's, which is what it predicts with).
     Why: "never saw N of M networks" alone would let a reader assume it trained on the rest only."""
-    out = []
     from .latency.dataset import extra_train_paths
 
+    out = []
     files = [Path(p).name for p in extra_train_paths(meta)]
     n = (meta.get("extra_train") or {}).get("n")
     if files and n:

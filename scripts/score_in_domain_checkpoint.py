@@ -55,8 +55,10 @@ def score(path: str, add_prior: bool = False) -> dict:
         raise SystemExit(f"{path}: its test networks are not bench seed {seed}'s split of {meta['dataset']}")
     fit, val = _split_val(len(train), seed)
     fit, val = train[fit], train[val]
+    as_fitted = _figures(p, graphs, y, fam, val, test)
     out = {"checkpoint": str(path), "bench_seed": seed, "members": meta.get("members", 1),
-           "recorded_val_mape": meta.get("val_mape"), **_figures(p, graphs, y, fam, val, test)}
+           "recorded_val_mape": meta.get("val_mape"), **as_fitted}
+    had_prior = getattr(p, "prior_model", None) is not None
     if add_prior and getattr(p, "prior_model", 1) is None:
         fit_graphs, fit_y = [graphs[i] for i in fit], y[fit]
         for extra in extra_train_paths(meta):
@@ -65,11 +67,14 @@ def score(path: str, add_prior: bool = False) -> dict:
         curve = p.fit_prior(fit_graphs, fit_y, [graphs[i] for i in val], y[val])
         out["prior_added"] = {"val_curve": {f"{w:g}": round(v, 3) for w, v in curve.items()}}
     if getattr(p, "prior_model", None) is not None:
+        # The figures as fitted are one of the two rows already: only the other is predicted.
         w = p.prior_weight
-        out["with_prior"] = {"prior_weight": w, **_figures(p, graphs, y, fam, val, test)}
-        p.prior_weight = 0.0
-        out["without_prior"] = _figures(p, graphs, y, fam, val, test)
-        p.prior_weight = w
+        if not had_prior:
+            out["with_prior"], out["without_prior"] = {"prior_weight": w, **_figures(p, graphs, y, fam, val, test)}, as_fitted
+        else:
+            p.prior_weight = 0.0
+            out["with_prior"], out["without_prior"] = {"prior_weight": w, **as_fitted}, _figures(p, graphs, y, fam, val, test)
+            p.prior_weight = w
     return out
 
 

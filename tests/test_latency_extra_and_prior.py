@@ -1,4 +1,7 @@
 """Session 21: extra training networks in the latency bench, and NAR-Former's cost-sum prior."""
+import gzip
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -99,9 +102,6 @@ def test_extra_networks_only_train_and_leave_every_split_as_it_was(labelled):  #
 
 def _data_set(path, lines, platform=None):
     """A data set file of these record lines (their platform replaced when given)."""
-    import gzip
-    import json
-
     if platform:
         lines = [json.dumps({**json.loads(ln), "platform_key": platform}) + "\n" for ln in lines]
     with gzip.open(path, "wt") as f:
@@ -112,9 +112,6 @@ def _data_set(path, lines, platform=None):
 def test_extra_train_takes_several_files_and_refuses_repeats_and_other_platforms(tmp_path, capsys):
     """Session 22: ``--extra-train A B`` trains on both files' networks; a network twice, another
     platform's milliseconds or a missing file is refused before anything is fitted."""
-    import gzip
-    import json
-
     from test_score_in_domain_checkpoint import DEV_SET
 
     from narformer_core.cli import main as cli_main
