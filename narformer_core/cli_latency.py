@@ -258,8 +258,13 @@ def cmd_combine(args) -> int:
 def cmd_structure_set(args) -> int:
     from .latency.pretrain import build_structure_set
 
-    _print(build_structure_set(args.out, args.n, seed=args.seed, exclude=args.exclude, start=args.start,
-                               stop=args.stop, progress=not args.quiet), args.json)
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    try:
+        out = build_structure_set(args.out, args.n, seed=args.seed, exclude=args.exclude, families=families,
+                                  start=args.start, stop=args.stop, progress=not args.quiet)
+    except ValueError as e:          # an unknown family, or families of two kinds in one draw
+        raise UserError(str(e)) from None
+    _print(out, args.json)
     return 0
 
 
@@ -686,6 +691,9 @@ def register(sub, bench_parser) -> None:
     p.add_argument("--start", type=int, default=0, help="write only networks start..stop-1 of the list "
                    "(two processes build two halves into two files; cat joins them)")
     p.add_argument("--stop", type=int, default=None)
+    p.add_argument("--families", default=None, metavar="A,B",
+                   help="draw only these families, round robin (default: the zoo's ten); the training-only "
+                   "families (latency/extra_families.py: mlp_mixer, vit) are drawn on their own")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_structure_set)

@@ -307,12 +307,12 @@ def time_specs(specs: Sequence[dict], *, min_seconds: float = 0.6, warmup: int =
     run); a calibration takes a minute or two, too short for the host's slow drift to matter.
     """
     from ..onnx_import import load_onnx
-    from . import outside_zoo, zoo
+    from .families import network_module
     from .measure import measure_onnx
 
     graphs, fastest, measurements = [], [], []
     for i, spec in enumerate(specs):
-        builder = outside_zoo if spec.get("family") in outside_zoo.FAMILIES else zoo
+        builder = network_module(spec)
         data = builder.export_onnx(spec)
         graphs.append(load_onnx(data, max_bytes=None))
         m = measure_onnx(data, threads=1, warmup=warmup, repeats=repeats, min_seconds=min_seconds)

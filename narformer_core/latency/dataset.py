@@ -456,10 +456,7 @@ def remeasure(source: str | os.PathLike, out: str | os.PathLike, k: int, *,
     ``reference_source``: look the reference up in that data set instead (e.g. a zoo network as
     the reference of an outside-zoo pass, so that both sets are timed against the same network).
     """
-    from . import outside_zoo, zoo
-
-    def builder(spec):   # the outside-zoo families are built by their own module
-        return outside_zoo if spec.get("family") in outside_zoo.FAMILIES else zoo
+    from .families import network_module as builder   # each kind of family builds its own
 
     source, out = Path(source), Path(out)
     first = load_records(source, structures=True)

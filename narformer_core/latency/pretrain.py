@@ -54,13 +54,15 @@ def build_structure_set(out: str | os.PathLike, n: int, *, seed: int, exclude: S
     write those in ``[start, stop)`` of that list to ``out`` (two processes can build the two
     halves of one list into two files; ``cat`` joins them). Returns counts."""
     from . import zoo
+    from .families import sampling_module
 
     families = tuple(families or zoo.FAMILIES)
+    networks = sampling_module(families)     # the zoo's, or the training-only families' module
     banned = excluded_spec_ids(exclude)
     # sample_specs is prefix-stable: drawing more than n and dropping excluded ones keeps the
     # list the same whatever the exclusion set's size, as long as enough are drawn.
     draw = n + len(banned) + 10
-    specs = [s for s in zoo.sample_specs(draw, seed, families) if zoo.spec_id(s) not in banned][:n]
+    specs = [s for s in networks.sample_specs(draw, seed, families) if zoo.spec_id(s) not in banned][:n]
     if len(specs) < n:
         raise ValueError(f"only {len(specs)} new specs in {draw} draws")
     stop = n if stop is None else min(int(stop), n)
@@ -73,7 +75,7 @@ def build_structure_set(out: str | os.PathLike, n: int, *, seed: int, exclude: S
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="structure set", unit="net", dynamic_ncols=True)
     for spec in todo:
-        record, _ = structure_record(spec)
+        record, _ = structure_record(spec, networks)
         _append(path, record)
         if bar:
             bar.update(1)
