@@ -490,27 +490,50 @@ def nb201_network_spec(ops: Sequence[str]) -> dict:
             "cells_per_stage": NB201_NETWORK["cells_per_stage"]}
 
 
+# The Model zoo tab offers every family the project can build: the zoo's ten (measured, the
+# predictors' training families), the outside-zoo test families and the training-only ones.
+FAMILY_KINDS = {"latency.zoo": "zoo", "latency.outside_zoo": "outside the zoo",
+                "latency.extra_families": "training-only"}
+
+
+def network_families() -> list[tuple[str, str]]:
+    """[(family, kind)] of every family a module here can build, the zoo's first."""
+    out = []
+    for module, kind in FAMILY_KINDS.items():
+        m = optional(module)
+        out += [(f, kind) for f in (m.FAMILIES if m is not None else ())]
+    return out
+
+
+def _family_module(family: str):
+    families = optional("latency.families")
+    if families is None:
+        zoo = optional("latency.zoo")
+        if zoo is None:
+            raise GraphError("the model zoo (narformer_core/latency/zoo.py) is not available yet")
+        return zoo
+    return families.network_module(family)
+
+
 def zoo_spec(family: str, seed: int, resolution: int | None = None) -> dict:
-    zoo = optional("latency.zoo")
-    if zoo is None:
-        raise GraphError("the model zoo (narformer_core/latency/zoo.py) is not available yet")
-    spec = zoo.sample_spec(family, np.random.default_rng(int(seed)))
+    """A random variant (seeded) of any buildable family, optionally at another resolution."""
+    spec = _family_module(family).sample_spec(family, np.random.default_rng(int(seed)))
     if resolution:
         spec["resolution"] = int(resolution)
     return spec
 
 
 def zoo_onnx(spec_json: str) -> bytes:
-    """ONNX bytes of a zoo spec (given as JSON so that callers can cache on a string)."""
-    zoo = optional("latency.zoo")
-    if zoo is None:
-        raise GraphError("the model zoo (narformer_core/latency/zoo.py) is not available yet")
-    return zoo.export_onnx(json.loads(spec_json))
+    """ONNX bytes of a family spec (given as JSON so that callers can cache on a string)."""
+    spec = json.loads(spec_json)
+    return _family_module(spec.get("family")).export_onnx(spec)
 
 
 def zoo_describe(spec: dict) -> str:
-    zoo = optional("latency.zoo")
-    return zoo.describe(spec) if zoo else json.dumps(spec)
+    try:
+        return _family_module(spec.get("family")).describe(spec)
+    except (GraphError, ValueError):
+        return json.dumps(spec)
 
 
 LATENCY_TRAIN_HINT = ("python -m narformer_core latency train --dataset assets/latency/zoo2000_s14.jsonl.gz "

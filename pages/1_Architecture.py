@@ -384,14 +384,24 @@ if t_zoo.open:
             st.info("The model zoo (narformer_core/latency/zoo.py) or the ONNX import is not in this checkout yet.")
         else:
             c1, c2, c3 = st.columns(3)
-            family = c1.selectbox("Family", zoo.FAMILIES, key="arch_zoo_family",
-                                  index=zoo.FAMILIES.index("resnet18") if "resnet18" in zoo.FAMILIES else 0)
+            kinds = dict(svc.network_families())
+            names = list(kinds)
+            family = c1.selectbox("Family", names, key="arch_zoo_family",
+                                  index=names.index("resnet18") if "resnet18" in names else 0,
+                                  format_func=lambda f: f if kinds[f] == "zoo" else f"{f} ({kinds[f]})")
             seed = c2.slider("Variant (random seed)", 0, 99, 0, key="arch_zoo_seed")
             res_options = list(zoo.NB201_RESOLUTIONS if family == "nasbench201" else zoo.IMAGENET_RESOLUTIONS)
             resolution = c3.select_slider("Input resolution", ["as drawn", *res_options], key=f"arch_zoo_res_{family}")
             try:
                 spec = svc.zoo_spec(family, seed, None if resolution == "as drawn" else int(resolution))
                 st.caption(svc.zoo_describe(spec))
+                if kinds[family] == "outside the zoo":
+                    st.caption("A family the latency predictors never trained on (their out-of-family test): "
+                               "expect its predicted latency to be rougher than a zoo network's.")
+                elif kinds[family] == "training-only":
+                    st.caption("A training-only family: matrix products over many rows (attention, token and "
+                               "channel MLPs), which the zoo's ten families never have; the shipped predictors "
+                               "have not trained on it yet.")
                 data = zoo_onnx(json.dumps(spec, sort_keys=True))
                 graph = import_onnx(digest_of(data), data)
             except (GraphError, ValueError, RuntimeError) as e:

@@ -197,6 +197,29 @@ def test_model_zoo_variant_builds_and_measures(at):
     assert "Measured" in texts(at)
 
 
+def test_model_zoo_tab_builds_families_outside_the_zoo_and_says_so(at):
+    open_tab(at, "Model zoo")
+    at.selectbox(key="arch_zoo_family").set_value("vit").run()
+    at.select_slider(key="arch_zoo_res_vit").set_value(96)
+    at.run()
+    no_exception(at)
+    out = texts(at)
+    assert "vit @96px, patch" in out and "training-only family" in out
+    assert "heatmap" in trace_types(at)
+    at.selectbox(key="arch_zoo_family").set_value("shufflenet_v2").run()
+    at.select_slider(key="arch_zoo_res_shufflenet_v2").set_value(96)
+    at.run()
+    no_exception(at)
+    out = texts(at)
+    assert "shufflenet_v2 @96px" in out and "never trained on" in out
+    # A resolution the family cannot take is an error message, not a crash.
+    at.selectbox(key="arch_zoo_family").set_value("inception_v3").run()
+    at.select_slider(key="arch_zoo_res_inception_v3").set_value(96)
+    at.run()
+    no_exception(at)
+    assert any("Could not build this variant" in e.value and "at least 128" in e.value for e in at.error)
+
+
 def upload_with_predictors(at, onnx_bytes, monkeypatch, tmp_path_factory):
     """The uploaded tiny ONNX model on the Architecture page, with the test predictors' folder."""
     from test_app_support import latency_predictor_dir
