@@ -500,6 +500,11 @@ def _extra_train(args, dataset: Path, records: list) -> tuple | None:
         if keys != {platform}:
             raise UserError(f"--extra-train {path} was timed on {sorted(map(str, keys))}, the data set on "
                             f"{platform}: milliseconds of two platforms do not mix")
+        from .latency.outside_zoo import FAMILIES as OUTSIDE
+        test_families = sorted({r.get("family") for r in x_records} & set(OUTSIDE))
+        if test_families:
+            raise UserError(f"--extra-train {path} holds networks of {', '.join(test_families)}: outside-zoo "
+                            "families are the test of unseen families and never train")
         again = Counter(seen[r["graph_hash"]] for r in x_records if r["graph_hash"] in seen)
         if again:
             where = ", ".join(f"{n} of {name}" for name, n in sorted(again.items()))

@@ -148,6 +148,9 @@ def test_structure_set_of_training_only_families(tmp_path):
     with pytest.raises(ValueError, match="cannot share one draw"):
         build_structure_set(tmp_path / "mixed.jsonl.gz", 2, seed=1, families=("vit", "alexnet"), exclude=[],
                             progress=False)
+    with pytest.raises(ValueError, match="outside-zoo families are the test"):
+        build_structure_set(tmp_path / "test.jsonl.gz", 2, seed=1, families=("convnext",), exclude=[],
+                            progress=False)
 
 
 def test_cli_structure_set_names_a_bad_family(tmp_path):

@@ -145,7 +145,11 @@ def test_extra_train_takes_several_files_and_refuses_repeats_and_other_platforms
     other = _data_set(tmp_path / "other.jsonl.gz", lines[60:90], platform="cpu-Other_CPU-ort1.0-t1-b1")
     repeat = _data_set(tmp_path / "repeat.jsonl.gz", lines[55:70])
     overlap = _data_set(tmp_path / "overlap.jsonl.gz", lines[85:100])
+    # Networks labelled with an outside-zoo family (the test of unseen families) never train.
+    outside = _data_set(tmp_path / "outside.jsonl.gz",
+                        [json.dumps({**json.loads(ln), "family": "convnext"}) + "\n" for ln in lines[60:62]])
     for files, message in (([other], "milliseconds of two platforms do not mix"),
+                           ([outside], "holds networks of convnext: outside-zoo families are the test"),
                            ([repeat], "repeats networks (5 of set.jsonl.gz): they could be test networks"),
                            ([a, overlap], "repeats networks (5 of a.jsonl.gz)"),
                            ([a, tmp_path / "none.jsonl.gz"], "no data set at")):
