@@ -98,27 +98,7 @@ def sample_spec(family: str, rng: np.random.Generator) -> dict:
 
 def sample_specs(n: int, seed: int, families: Sequence[str] = FAMILIES) -> list[dict]:
     """``n`` distinct specs, round robin over ``families``; prefix-stable like ``zoo.sample_specs``."""
-    families = tuple(families)
-    if not families:
-        raise ValueError("sample_specs needs at least one family")
-    for f in families:
-        _check_family(f)
-    if n < 0:
-        raise ValueError(f"cannot draw a negative number of specs ({n})")
-    rng = np.random.default_rng(seed)
-    seen: set[str] = set()
-    out: list[dict] = []
-    for i in range(n):
-        family = families[i % len(families)]
-        for _ in range(_MAX_TRIES):
-            spec = sample_spec(family, rng)
-            if spec_id(spec) not in seen:
-                break
-        else:
-            raise ValueError(f"could not draw a new {family} spec after {_MAX_TRIES} tries")
-        seen.add(spec_id(spec))
-        out.append(spec)
-    return out
+    return zoo.draw_round_robin(n, seed, families, sample_spec, _check_family)
 
 
 # ---------------------------------------------------------------- validation and description

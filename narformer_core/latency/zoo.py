@@ -248,11 +248,19 @@ def sample_specs(n: int, seed: int, families: Sequence[str] = FAMILIES) -> list[
     One generator drives the whole list, so a shorter list is a prefix of a longer one with the
     same seed and families.
     """
+    return draw_round_robin(n, seed, families, sample_spec, _check_family)
+
+
+def draw_round_robin(n: int, seed: int, families: Sequence[str], sample: Callable[[str, Any], dict],
+                     check_family: Callable[[str], None]) -> list[dict]:
+    """The draw behind every family module's ``sample_specs`` (the zoo's, the outside-zoo and the
+    training-only families'): ``sample(family, rng)`` in turn over ``families``, one seeded
+    generator; a spec whose :func:`spec_id` is already in the list is drawn again."""
     families = tuple(families)
     if not families:
         raise ValueError("sample_specs needs at least one family")
     for f in families:
-        _check_family(f)
+        check_family(f)
     if n < 0:
         raise ValueError(f"cannot draw a negative number of specs ({n})")
     rng = np.random.default_rng(seed)
@@ -261,7 +269,7 @@ def sample_specs(n: int, seed: int, families: Sequence[str] = FAMILIES) -> list[
     for i in range(n):
         family = families[i % len(families)]
         for _ in range(_MAX_TRIES):
-            spec = sample_spec(family, rng)
+            spec = sample(family, rng)
             sid = spec_id(spec)
             if sid not in seen:
                 break
