@@ -488,6 +488,7 @@ def _extra_train(args, dataset: Path, records: list) -> tuple | None:
     import numpy as np
 
     from .latency.dataset import load_dataset
+    from .latency.outside_zoo import FAMILIES as OUTSIDE
 
     platform = records[0].get("platform_key")
     seen = {r["graph_hash"]: dataset.name for r in records}
@@ -500,7 +501,6 @@ def _extra_train(args, dataset: Path, records: list) -> tuple | None:
         if keys != {platform}:
             raise UserError(f"--extra-train {path} was timed on {sorted(map(str, keys))}, the data set on "
                             f"{platform}: milliseconds of two platforms do not mix")
-        from .latency.outside_zoo import FAMILIES as OUTSIDE
         test_families = sorted({r.get("family") for r in x_records} & set(OUTSIDE))
         if test_families:
             raise UserError(f"--extra-train {path} holds networks of {', '.join(test_families)}: outside-zoo "

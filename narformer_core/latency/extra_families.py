@@ -187,15 +187,7 @@ def _init_weights(module) -> None:
 def build_module(spec: Mapping):
     """The spec as a torch module in eval mode, initialised as the zoo does (seed 0, the caller's
     torch RNG left as it was)."""
-    import torch
-
-    with torch.device("meta"):
-        module = _construct(spec)
-    module = module.to_empty(device="cpu")
-    with torch.random.fork_rng(devices=[]), zoo._one_thread(torch):
-        torch.manual_seed(0)
-        _init_weights(module)
-    return module.eval()
+    return zoo.seeded_module(lambda: _construct(spec), _init_weights)
 
 
 def export_onnx(spec: Mapping) -> bytes:

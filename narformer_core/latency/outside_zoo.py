@@ -272,17 +272,12 @@ def _init_extra(module) -> None:
 def build_module(spec: Mapping):
     """The spec as a torch module in eval mode, initialised as the zoo does (seed 0, the caller's
     torch RNG left as it was)."""
-    import torch
-
-    with torch.device("meta"):
-        module = _construct(spec)
-    module = module.to_empty(device="cpu")
-    with torch.random.fork_rng(devices=[]), zoo._one_thread(torch):
-        torch.manual_seed(0)
+    def initialise(module):
         zoo._init_weights(module)
         _init_extra(module)
         zoo._calibrate_batchnorm(module, input_shape(spec))
-    return module.eval()
+
+    return zoo.seeded_module(lambda: _construct(spec), initialise)
 
 
 def export_onnx(spec: Mapping) -> bytes:

@@ -345,17 +345,29 @@ def build_module(spec: Mapping):
 
     The global torch RNG of the caller is left as it was.
     """
+    def initialise(module):
+        _init_weights(module)
+        _calibrate_batchnorm(module, input_shape(spec))
+
+    return seeded_module(lambda: _construct(spec), initialise)
+
+
+def seeded_module(construct: Callable[[], Any], initialise: Callable[[Any], None]):
+    """``construct()`` built on the meta device, given storage, then ``initialise(module)`` under
+    ``torch.manual_seed(0)`` on one thread, in eval mode; the caller's torch RNG is left as it was.
+    Every family module (the zoo's, the outside-zoo and the training-only ones) builds this way.
+
+    The meta device skips torch's default initialisation (which ``initialise`` replaces anyway):
+    it was a tenth of the export time.
+    """
     import torch
 
-    # Built on the meta device and then given storage, so torch's default initialisation (which
-    # _init_weights replaces anyway) is skipped: it was a tenth of the export time.
     with torch.device("meta"):
-        module = _construct(spec)
+        module = construct()
     module = module.to_empty(device="cpu")
     with torch.random.fork_rng(devices=[]), _one_thread(torch):
         torch.manual_seed(0)
-        _init_weights(module)
-        _calibrate_batchnorm(module, input_shape(spec))
+        initialise(module)
     return module.eval()
 
 
