@@ -14,6 +14,10 @@ zoo families (the issue's ten, the in-domain and leave-one-family-out benchmark)
 families (the test of unseen families; ConvNeXt stays unseen: no 4-D channels-last layout, no
 depthwise convolution, no layer scale here).
 
+Session 24 timed 600 of them (assets/latency/session24/extra_transformers600_s24.jsonl.gz); with
+them in training, two fits rank a fresh outside-zoo draw at tau 0.850 / 0.853 (0.79 without them)
+and predict ConvNeXt 1.13x instead of 1.7x (assets/latency/README.md, "Session 24").
+
 ================  ==========================================================================
 vit               Vision Transformer: patchify conv (patch 8/16/32), class token or mean pool,
                   learned position embedding, pre-norm blocks of multi-head self-attention
