@@ -488,7 +488,7 @@ def _extra_train(args, dataset: Path, records: list) -> tuple | None:
     import numpy as np
 
     from .latency.dataset import load_dataset
-    from .latency.outside_zoo import FAMILIES as OUTSIDE
+    from .latency.families import test_only
 
     platform = records[0].get("platform_key")
     seen = {r["graph_hash"]: dataset.name for r in records}
@@ -501,7 +501,7 @@ def _extra_train(args, dataset: Path, records: list) -> tuple | None:
         if keys != {platform}:
             raise UserError(f"--extra-train {path} was timed on {sorted(map(str, keys))}, the data set on "
                             f"{platform}: milliseconds of two platforms do not mix")
-        test_families = sorted({r.get("family") for r in x_records} & set(OUTSIDE))
+        test_families = test_only({r.get("family") for r in x_records})
         if test_families:
             raise UserError(f"--extra-train {path} holds networks of {', '.join(test_families)}: outside-zoo "
                             "families are the test of unseen families and never train")

@@ -20,6 +20,12 @@ def all_families() -> tuple[str, ...]:
     return tuple(f for m in _MODULES for f in m.FAMILIES)
 
 
+def test_only(families: Sequence[str]) -> list[str]:
+    """Those of ``families`` that are the test of unseen families (outside the zoo), sorted: they
+    never train, so training sets (``--extra-train``, structure sets) refuse them."""
+    return sorted(set(families) & set(outside_zoo.FAMILIES))
+
+
 def network_module(family: str | Mapping) -> ModuleType:
     """The module that builds ``family`` (a name, or a spec holding one)."""
     name = family.get("family") if isinstance(family, Mapping) else family

@@ -53,12 +53,12 @@ def build_structure_set(out: str | os.PathLike, n: int, *, seed: int, exclude: S
     """Draw ``zoo.sample_specs(n', seed)`` until ``n`` specs outside ``exclude`` are found, and
     write those in ``[start, stop)`` of that list to ``out`` (two processes can build the two
     halves of one list into two files; ``cat`` joins them). Returns counts."""
-    from . import outside_zoo, zoo
-    from .families import sampling_module
+    from . import zoo
+    from .families import sampling_module, test_only
 
     families = tuple(families or zoo.FAMILIES)
     networks = sampling_module(families)     # the zoo's, or the training-only families' module
-    if networks is outside_zoo:
+    if test_only(families):
         raise ValueError(f"{', '.join(families)}: outside-zoo families are the test of unseen families; "
                          "no structure set (pretraining) may hold them")
     banned = excluded_spec_ids(exclude)
