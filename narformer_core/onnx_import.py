@@ -41,6 +41,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,14 @@ def load_onnx(source: Source, *, max_bytes: int | None = MAX_BYTES, max_nodes: i
     return _load_bytes(data, label, max_bytes=max_bytes, max_nodes=max_nodes, batch_size=batch_size)
 
 
+# torch keeps process-wide state that threads (the app's script runs) must not share at once:
+# the TorchScript exporter's globals (two exports together fail with "GLOBALS.in_onnx_export must
+# be False") and the global RNG that seeds the zoo's weights (interleaved seeding gives other
+# weights, so other bytes). Every export (here, zoo.module_onnx) and every seeded build
+# (zoo.seeded_module) holds this lock.
+TORCH_GLOBALS_LOCK = threading.Lock()
+
+
 def from_torch(module, example_input, *, opset_version: int | None = None,
                max_nodes: int = MAX_NODES, name: str | None = None) -> ArchGraph:
     """A torch module -> ArchGraph, through an in-memory ONNX export (no files written).
@@ -106,7 +115,7 @@ def from_torch(module, example_input, *, opset_version: int | None = None,
     label = name or type(module).__name__
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with TORCH_GLOBALS_LOCK, warnings.catch_warnings():
             # The TorchScript exporter warns that it is deprecated on every call.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset_version,

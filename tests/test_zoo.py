@@ -108,6 +108,39 @@ def test_export_is_byte_identical_and_leaves_torch_rng_alone(pairs, exported):
     assert torch.equal(torch.random.get_rng_state(), before)
 
 
+def test_exports_from_several_threads_at_once_match_the_sequential_ones(pairs, exported):
+    # The app runs each page script in its own thread; torch's exporter state and the global RNG
+    # that seeds the weights are process-wide (the Architecture page once failed with
+    # "GLOBALS.in_onnx_export must be False" when two runs exported together).
+    import threading
+
+    from narformer_core.onnx_import import from_torch
+
+    spec = pairs["squeezenet"][0]
+    results, errors = [], []
+
+    def export_zoo():
+        try:
+            results.append(zoo.export_onnx(spec))
+        except Exception as e:  # collected: an exception in a thread would not fail the test
+            errors.append(repr(e))
+
+    def export_upload():
+        try:
+            from_torch(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(),
+                       torch.zeros(1, 3, 16, 16))
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=f) for f in (export_zoo, export_upload) * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == [exported["squeezenet"][0]] * 3
+
+
 def test_sample_spec_is_deterministic_and_json_serialisable():
     for family in zoo.FAMILIES:
         a = zoo.sample_spec(family, np.random.default_rng(3))

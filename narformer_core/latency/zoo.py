@@ -362,10 +362,13 @@ def seeded_module(construct: Callable[[], Any], initialise: Callable[[Any], None
     """
     import torch
 
+    from ..onnx_import import TORCH_GLOBALS_LOCK
+
     with torch.device("meta"):
         module = construct()
     module = module.to_empty(device="cpu")
-    with torch.random.fork_rng(devices=[]), _one_thread(torch):
+    # The seed is torch's global RNG: one seeded build at a time in the process.
+    with TORCH_GLOBALS_LOCK, torch.random.fork_rng(devices=[]), _one_thread(torch):
         torch.manual_seed(0)
         initialise(module)
     return module.eval()
@@ -574,11 +577,14 @@ def module_onnx(module, shape) -> bytes:
     TorchScript exporter). Also used by the families outside the zoo."""
     import torch
 
+    from ..onnx_import import TORCH_GLOBALS_LOCK
+
     module = _fuse_conv_bn(module)
     example = torch.zeros(shape)
     buf = io.BytesIO()
-    # Tracing runs one real forward pass, on one thread (see _one_thread).
-    with _one_thread(torch), torch.no_grad(), warnings.catch_warnings():
+    # Tracing runs one real forward pass, on one thread (see _one_thread); one export at a time
+    # in the process (TORCH_GLOBALS_LOCK: the exporter's state is global).
+    with TORCH_GLOBALS_LOCK, _one_thread(torch), torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated; the data set pins it on purpose.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=17,
